@@ -1,0 +1,105 @@
+"""Typed reduction config (spec §1-§5). Built with OmegaConf.structured so typos fail by key name.
+
+Fields left at ``None`` are *preset-dependent*: ``resolve()`` fills them from the ``restore``
+preset.  With ``restore=True`` the defaults are the reference defaults of RESTORE_SPEC.md
+(split 0.5, Stage-B merging with the ``reference`` anchor rule, retained lower-median positions,
+size term with layer-0 uniform size, distance term c=2 on all pairs in prefill only).
+Without it, the method prunes to ``n_vis`` with ``reindex`` positions and plain attention.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+from typing import Optional
+
+from omegaconf import OmegaConf
+
+POSITION_MODES = ("reindex", "retain")
+POSITION_REPS = ("first", "median", "last", "mean")
+DISTANCE_SCOPES = ("all", "visual_keys")
+ATTN_BACKENDS = ("eager", "sdpa", "flex")
+
+
+@dataclass
+class ReductionConfig:
+    method: str = "none"  # registry name; "none" keeps all N visual tokens
+    n_vis: Optional[int] = None  # output budget n (1 <= n <= N); None = N
+    restore: bool = False  # preset switch (see module doc)
+    split_ratio: float = 0.5  # n_keep = floor(n * split_ratio) when merging
+    merge: Optional[bool] = None  # Stage B on/off
+    anchor_rule: str = "reference"  # reference|dpc_higher|bipartite|uniform|random|kmeans
+    position_mode: Optional[str] = None  # reindex|retain
+    position_rep: str = "median"  # first|median|last|mean (retain only)
+    size_term: Optional[bool] = None  # + log s_j
+    layer0_uniform_size: bool = True  # layer 0 uses N/n for every visual key
+    distance_term: Optional[bool] = None  # + log(c - D(p_i - p_j))
+    distance_c: float = 2.0
+    distance_scope: str = "all"  # all|visual_keys
+    distance_in_decode: bool = False
+    attn_backend: str = "sdpa"  # eager|sdpa|flex
+    seed: int = 0
+    # method hyper-parameters (reference values)
+    vispruner_important_ratio: float = 0.5
+    holov_num_chunks: int = 16
+    visionzip_dominant_ratio: float = 54 / 64  # VisionZip's 54 dominant + 10 contextual at 64
+    kmeans_iters: int = 10
+
+    # ---------------------------------------------------------------- helpers
+    def resolve(self) -> "ReductionConfig":
+        """Return a copy with every preset-dependent field filled in, validated."""
+        r = self.restore
+        out = replace(
+            self,
+            merge=r if self.merge is None else self.merge,
+            position_mode=("retain" if r else "reindex") if self.position_mode is None else self.position_mode,
+            size_term=r if self.size_term is None else self.size_term,
+            distance_term=r if self.distance_term is None else self.distance_term,
+        )
+        out.validate()
+        return out
+
+    def validate(self) -> None:
+        def check(name, value, allowed):
+            if value not in allowed:
+                raise ValueError(f"ReductionConfig.{name}={value!r} is not one of {list(allowed)}")
+
+        if self.position_mode is not None:
+            check("position_mode", self.position_mode, POSITION_MODES)
+        check("position_rep", self.position_rep, POSITION_REPS)
+        check("distance_scope", self.distance_scope, DISTANCE_SCOPES)
+        check("attn_backend", self.attn_backend, ATTN_BACKENDS)
+        if not 0.0 <= self.split_ratio <= 1.0:
+            raise ValueError(f"ReductionConfig.split_ratio={self.split_ratio} must be in [0, 1]")
+        if self.n_vis is not None and self.n_vis < 1:
+            raise ValueError(f"ReductionConfig.n_vis={self.n_vis} must be >= 1")
+        if self.distance_c <= 1.0:
+            # D(d) ranges in [-1, 1], so c must exceed 1 for log(c - D) to be finite everywhere.
+            raise ValueError(f"ReductionConfig.distance_c={self.distance_c} must be > 1")
+
+    @property
+    def calibrated(self) -> bool:
+        """True when any attention term is on (needs a resolved config)."""
+        return bool(self.size_term) or bool(self.distance_term)
+
+
+def make_reduction_config(overrides: dict | list[str] | None = None, **kwargs) -> ReductionConfig:
+    """Build a ReductionConfig via OmegaConf.structured; unknown keys fail naming the key.
+
+    ``overrides`` may be a dict or a list of ``key=value`` strings (the CLI's --reduction-opts).
+    """
+    base = OmegaConf.structured(ReductionConfig)
+    merged = OmegaConf.merge(base, OmegaConf.create(kwargs)) if kwargs else base
+    if overrides:
+        if isinstance(overrides, dict):
+            merged = OmegaConf.merge(merged, OmegaConf.create(overrides))
+        else:
+            for item in overrides:
+                if "=" not in item:
+                    raise ValueError(f"--reduction-opts item {item!r} is not of the form key=value")
+            merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides)))
+    cfg: ReductionConfig = OmegaConf.to_object(merged)
+    cfg.validate()
+    return cfg
+
+
+def config_field_names() -> list[str]:
+    return [f.name for f in fields(ReductionConfig)]
