@@ -1,0 +1,214 @@
+"""Causal self-attention with RESTORE's optional calibration terms (spec §5).
+
+Pre-softmax logits for an allowed (causal, non-padding) pair (i, j):
+
+    q_i.k_j / sqrt(d)  [+ log s_j]  [+ log(c - D(p_i - p_j))]
+
+All per-forward state lives in one explicit ``AttnContext`` built by the LLaVA wrapper and passed
+down to every layer; nothing is stored on modules.  Backends:
+
+- ``eager``: explicit logits + bias + softmax (the reference);
+- ``sdpa``: one dense additive bias per forward, fed to ``scaled_dot_product_attention``;
+- ``flex``: FlexAttention with a ``score_mod`` (per-key size bias + a distance lookup table) and a
+  causal/padding block mask; no L x L tensor is materialised.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+import torch
+import torch.nn.functional as F
+
+NEG_INF = float("-inf")
+
+
+def rope_decay(d: torch.Tensor, rope_theta: float, head_dim: int) -> torch.Tensor:
+    """D(d) = mean_k cos(d * theta_k), theta_k = rope_theta^(-2k/head_dim); float64 inside."""
+    k = torch.arange(head_dim // 2, dtype=torch.float64, device=d.device)
+    theta = rope_theta ** (-2.0 * k / head_dim)  # (head_dim/2,)
+    dd = d.to(torch.float64)
+    out = torch.zeros_like(dd)
+    for t in theta.tolist():  # loop keeps memory at O(|d|) for large L x L inputs
+        out += torch.cos(dd * t)
+    return out / theta.numel()
+
+
+def log_distance_term(d: torch.Tensor, rope_theta: float, head_dim: int, c: float) -> torch.Tensor:
+    """log(c - D(d)) in float64; exactly 0 at d = 0 when c = 2."""
+    out = torch.log(c - rope_decay(d, rope_theta, head_dim))
+    return torch.where(d == 0, torch.full_like(out, math.log(c - 1.0)), out)
+
+
+@dataclass
+class AttnContext:
+    """Everything attention needs for one forward (prefill or one decode step).
+
+    Shapes: Lq queries (this forward), Lk keys (cache + this forward), queries are the last Lq keys.
+    """
+
+    key_valid: torch.Tensor  # (B, Lk) bool, False for padding keys
+    query_pos: torch.Tensor  # (B, Lq) float RoPE positions of the queries
+    key_pos: torch.Tensor  # (B, Lk) float RoPE positions of the keys
+    backend: str = "sdpa"
+    key_log_size: torch.Tensor | None = None  # (B, Lk) log s_j, or None (size term off)
+    key_log_size_l0: torch.Tensor | None = None  # (B, Lk) layer-0 variant (uniform N/n)
+    distance: bool = False  # distance term on for this forward
+    distance_keys: torch.Tensor | None = None  # (B, Lk) bool: keys the term applies to (None = all)
+    c: float = 2.0
+    rope_theta: float = 10000.0
+    head_dim: int = 128
+    _dense: dict = field(default_factory=dict, repr=False)  # cached per-forward dense biases
+    _flex: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def q_len(self) -> int:
+        return self.query_pos.shape[1]
+
+    @property
+    def k_len(self) -> int:
+        return self.key_pos.shape[1]
+
+    @property
+    def plain(self) -> bool:
+        return self.key_log_size is None and not self.distance
+
+    def allowed(self) -> torch.Tensor:
+        """(B, Lq, Lk) bool: causal & valid key; a padding query may see itself (avoids NaN rows)."""
+        B, Lq, Lk = self.key_valid.shape[0], self.q_len, self.k_len
+        off = Lk - Lq
+        qi = torch.arange(Lq, device=self.key_valid.device)[:, None] + off
+        kj = torch.arange(Lk, device=self.key_valid.device)[None, :]
+        causal = kj <= qi  # (Lq, Lk)
+        return causal[None] & (self.key_valid[:, None, :] | (kj == qi)[None])
+
+    def size_bias(self, layer_idx: int) -> torch.Tensor | None:
+        if self.key_log_size is None:
+            return None
+        if layer_idx == 0 and self.key_log_size_l0 is not None:
+            return self.key_log_size_l0
+        return self.key_log_size
+
+    def distance_bias(self) -> torch.Tensor | None:
+        """(B, Lq, Lk) float32 distance term (0 where not applied), or None."""
+        if not self.distance:
+            return None
+        if "dist" not in self._dense:
+            d = self.query_pos[:, :, None].double() - self.key_pos[:, None, :].double()  # (B, Lq, Lk)
+            if torch.all(d == d.round()):
+                lo, hi = int(d.min()), int(d.max())
+                table = log_distance_term(torch.arange(lo, hi + 1, device=d.device), self.rope_theta, self.head_dim, self.c)
+                bias = table[(d - lo).long()]
+            else:
+                bias = log_distance_term(d, self.rope_theta, self.head_dim, self.c)
+            if self.distance_keys is not None:
+                bias = bias * self.distance_keys[:, None, :]
+            self._dense["dist"] = bias.float()
+        return self._dense["dist"]
+
+    def dense_bias(self, layer_idx: int, dtype: torch.dtype) -> torch.Tensor:
+        """(B, 1, Lq, Lk) additive bias incl. the mask (-inf where not allowed)."""
+        key = ("l0" if layer_idx == 0 and self.key_log_size_l0 is not None else "ln", dtype)
+        if key not in self._dense:
+            bias = torch.zeros(self.allowed().shape, dtype=torch.float32, device=self.key_valid.device)
+            dist = self.distance_bias()
+            if dist is not None:
+                bias = bias + dist
+            size = self.size_bias(layer_idx)
+            if size is not None:
+                bias = bias + size[:, None, :].float()
+            bias = bias.masked_fill(~self.allowed(), NEG_INF)
+            self._dense[key] = bias[:, None].to(dtype)
+        return self._dense[key]
+
+
+def _repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:  # (B, Hkv, L, d) -> (B, Hkv*n_rep, L, d)
+    return x if n_rep == 1 else x.repeat_interleave(n_rep, dim=1)
+
+
+def eager_attention(q, k, v, ctx: AttnContext, layer_idx: int) -> torch.Tensor:
+    """q (B, H, Lq, d), k/v (B, Hkv, Lk, d) -> (B, H, Lq, d).  The reference computation."""
+    n_rep = q.shape[1] // k.shape[1]
+    k, v = _repeat_kv(k, n_rep), _repeat_kv(v, n_rep)
+    logits = (q.float() @ k.float().transpose(-1, -2)) / math.sqrt(q.shape[-1])  # (B, H, Lq, Lk)
+    logits = logits + ctx.dense_bias(layer_idx, torch.float32)
+    probs = torch.softmax(logits, dim=-1)
+    return (probs @ v.float()).to(q.dtype)
+
+
+def sdpa_attention(q, k, v, ctx: AttnContext, layer_idx: int) -> torch.Tensor:
+    n_rep = q.shape[1] // k.shape[1]
+    if ctx.plain and bool(ctx.key_valid.all()) and ctx.q_len == ctx.k_len:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=n_rep > 1)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=ctx.dense_bias(layer_idx, q.dtype), enable_gqa=n_rep > 1)
+
+
+@lru_cache(maxsize=1)
+def _compiled_flex():
+    from torch.nn.attention.flex_attention import flex_attention
+
+    return torch.compile(flex_attention, dynamic=False)
+
+
+def _flex_parts(ctx: AttnContext, layer_idx: int):
+    """Block mask + score_mod for this forward (built once per forward, per size-bias variant)."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    if "mask" not in ctx._flex:
+        valid = ctx.key_valid
+        off = ctx.k_len - ctx.q_len
+
+        def mask_mod(b, h, q_idx, kv_idx):
+            qi = q_idx + off
+            return (kv_idx <= qi) & (valid[b, kv_idx] | (kv_idx == qi))
+
+        ctx._flex["mask"] = create_block_mask(mask_mod, B=valid.shape[0], H=None, Q_LEN=ctx.q_len,
+                                              KV_LEN=ctx.k_len, device=valid.device)
+        if ctx.distance:
+            qp, kp = ctx.query_pos, ctx.key_pos
+            if not (torch.all(qp == qp.round()) and torch.all(kp == kp.round())):
+                raise ValueError("attn_backend=flex needs integer positions; position_rep=mean gives "
+                                 "fractional ones: use attn_backend=sdpa or eager")
+            lo = int(qp.min() - kp.max())
+            hi = int(qp.max() - kp.min())
+            table = log_distance_term(torch.arange(lo, hi + 1, device=qp.device), ctx.rope_theta, ctx.head_dim, ctx.c)
+            ctx._flex["dist"] = (table.float(), qp.long() - lo, kp.long())
+            ctx._flex["dkeys"] = None if ctx.distance_keys is None else ctx.distance_keys.float()
+    return ctx._flex["mask"]
+
+
+def flex_attention_fwd(q, k, v, ctx: AttnContext, layer_idx: int) -> torch.Tensor:
+    if ctx.q_len == 1 or q.device.type == "cpu" and ctx.q_len < 16:
+        # decode steps: the dense bias is only (B, 1, 1, Lk); SDPA is the fast path here
+        return sdpa_attention(q, k, v, ctx, layer_idx)
+    block_mask = _flex_parts(ctx, layer_idx)
+    size = ctx.size_bias(layer_idx)
+    size = None if size is None else size.float()
+    dist = ctx._flex.get("dist")
+    dkeys = ctx._flex.get("dkeys")
+
+    if size is None and dist is None:
+        score_mod = None
+    else:
+        def score_mod(score, b, h, q_idx, kv_idx):
+            out = score
+            if size is not None:
+                out = out + size[b, kv_idx]
+            if dist is not None:
+                table, qpos, kpos = dist
+                term = table[qpos[b, q_idx] - kpos[b, kv_idx]]
+                out = out + (term if dkeys is None else term * dkeys[b, kv_idx])
+            return out
+
+    n_rep = q.shape[1] // k.shape[1]
+    return _compiled_flex()(q, k, v, score_mod=score_mod, block_mask=block_mask, enable_gqa=n_rep > 1)
+
+
+BACKENDS = {"eager": eager_attention, "sdpa": sdpa_attention, "flex": flex_attention_fwd}
+
+
+def attention(q, k, v, ctx: AttnContext, layer_idx: int) -> torch.Tensor:
+    if ctx.backend not in BACKENDS:
+        raise ValueError(f"unknown attention backend {ctx.backend!r}; known: {sorted(BACKENDS)}")
+    return BACKENDS[ctx.backend](q, k, v, ctx, layer_idx)

@@ -1,0 +1,129 @@
+"""CLIP vision tower (transformers' CLIPVisionModel) and the multimodal projectors."""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import CLIPImageProcessorPil, CLIPVisionConfig, CLIPVisionModel
+
+from .config import CheckpointError
+
+
+@dataclass
+class VisionOutput:
+    features: torch.Tensor  # (B, N, Dv) features of mm_vision_select_layer
+    cls_attn: torch.Tensor | None  # (B, N) CLS->patch attention of that layer, mean over heads
+
+
+class CLIPVisionTower(nn.Module):
+    """Runs the CLIP encoder up to ``select_layer`` and returns that layer's patch features.
+
+    The CLS->patch attention of the same layer is computed on request from the layer's own
+    q/k projections (one query row), so no full attention map is materialised.
+    """
+
+    def __init__(self, vision_model: CLIPVisionModel, select_layer: int = -2, select_feature: str = "patch"):
+        super().__init__()
+        if select_feature not in ("patch", "cls_patch"):
+            raise ValueError(f"mm_vision_select_feature {select_feature!r} not in ['patch', 'cls_patch']")
+        self.vision_tower = vision_model
+        self.select_layer = select_layer
+        self.select_feature = select_feature
+        n_layers = vision_model.config.num_hidden_layers
+        # hidden_states[k] is the output of encoder layer k-1 (k=0: embeddings)
+        k = select_layer if select_layer >= 0 else n_layers + 1 + select_layer
+        if not 1 <= k <= n_layers:
+            raise ValueError(f"mm_vision_select_layer {select_layer} out of range for {n_layers} layers")
+        self.last_layer = k - 1  # index of the encoder layer whose output is used
+
+    @property
+    def config(self) -> CLIPVisionConfig:
+        return self.vision_tower.config
+
+    @property
+    def num_patches(self) -> int:
+        return (self.config.image_size // self.config.patch_size) ** 2
+
+    @property
+    def grid_hw(self) -> tuple[int, int]:
+        side = self.config.image_size // self.config.patch_size
+        return side, side
+
+    @property
+    def hidden_size(self) -> int:
+        return self.config.hidden_size
+
+    @staticmethod
+    def _cls_attention(layer, h: torch.Tensor) -> torch.Tensor:
+        """(B, 1+N, Dv) layer input -> (B, N) CLS-query attention to the patches, mean over heads."""
+        attn = layer.self_attn
+        x = layer.layer_norm1(h)
+        B, L, _ = x.shape
+        q = attn.q_proj(x[:, :1]).view(B, 1, attn.num_heads, attn.head_dim).transpose(1, 2)  # (B, H, 1, d)
+        k = attn.k_proj(x).view(B, L, attn.num_heads, attn.head_dim).transpose(1, 2)  # (B, H, L, d)
+        probs = torch.softmax((q.float() @ k.float().transpose(-1, -2)) * attn.scale, dim=-1)  # (B, H, 1, L)
+        return probs[:, :, 0, 1:].mean(dim=1)  # (B, N)
+
+    def forward(self, pixel_values: torch.Tensor, want_cls_attn: bool = False) -> VisionOutput:
+        vm = self.vision_tower
+        h = vm.embeddings(pixel_values.to(dtype=vm.embeddings.patch_embedding.weight.dtype))
+        h = vm.pre_layrnorm(h)  # (B, 1+N, Dv)
+        cls_attn = None
+        for i, layer in enumerate(vm.encoder.layers[: self.last_layer + 1]):
+            if want_cls_attn and i == self.last_layer:
+                cls_attn = self._cls_attention(layer, h)
+            h = layer(h, None)
+        feats = h[:, 1:] if self.select_feature == "patch" else h
+        return VisionOutput(features=feats, cls_attn=cls_attn)
+
+
+def build_projector(projector_type: str, mm_hidden: int, hidden: int) -> nn.Module:
+    """``linear`` or ``mlp{k}x_gelu`` (LLaVA-1.5 uses mlp2x_gelu); names match LLaVA's weights."""
+    if projector_type == "linear":
+        return nn.Linear(mm_hidden, hidden)
+    m = re.fullmatch(r"mlp(\d+)x_gelu", projector_type)
+    if not m:
+        raise ValueError(f"mm_projector_type {projector_type!r} not supported; known: linear, mlp<k>x_gelu")
+    layers: list[nn.Module] = [nn.Linear(mm_hidden, hidden)]
+    for _ in range(int(m.group(1)) - 1):
+        layers += [nn.GELU(), nn.Linear(hidden, hidden)]
+    return nn.Sequential(*layers)
+
+
+def _local_files_only(allow_download: bool) -> bool:
+    return not allow_download
+
+
+def load_vision_tower(name_or_path: str, *, base_dir: str | None = None, allow_download: bool = False,
+                      torch_dtype=None) -> tuple[CLIPVisionModel, CLIPImageProcessorPil]:
+    """Load a CLIP vision tower and its image processor by hub name or local folder.
+
+    The processor is the PIL backend of CLIP's, the preprocessing LLaVA-1.5 was evaluated with.
+
+    A relative path is resolved against ``base_dir`` (the checkpoint folder) first.  Without
+    ``allow_download`` nothing is fetched from the network: a hub name that is not in the local
+    cache fails with a message saying how to provide it.
+    """
+    candidates = [name_or_path]
+    if base_dir and not os.path.isabs(name_or_path):
+        candidates.insert(0, os.path.join(base_dir, name_or_path))
+    for cand in candidates:
+        if os.path.isdir(cand):
+            if not os.path.isfile(os.path.join(cand, "config.json")):
+                raise CheckpointError(f"vision tower folder {cand} has no config.json")
+            if not os.path.isfile(os.path.join(cand, "preprocessor_config.json")):
+                raise CheckpointError(f"vision tower folder {cand} has no preprocessor_config.json")
+            model = CLIPVisionModel.from_pretrained(cand, dtype=torch_dtype, local_files_only=True)
+            proc = CLIPImageProcessorPil.from_pretrained(cand, local_files_only=True)
+            return model, proc
+    try:
+        model = CLIPVisionModel.from_pretrained(name_or_path, dtype=torch_dtype, local_files_only=not allow_download)
+        proc = CLIPImageProcessorPil.from_pretrained(name_or_path, local_files_only=not allow_download)
+    except OSError as exc:
+        hint = ("pass --vision-tower /path/to/local/clip folder, or allow the download explicitly with "
+                "--allow-download" if not allow_download else "check the name and your network access")
+        raise CheckpointError(f"vision tower {name_or_path!r} is not available locally ({exc.__class__.__name__}); {hint}") from exc
+    return model, proc
