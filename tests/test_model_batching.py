@@ -1,0 +1,52 @@
+"""Any batch size: mixed prompt lengths, left/right padding, KV cache vs recomputation."""
+import torch
+
+from helpers import make_batch
+
+QUESTIONS = ["What is it?", "What is left of the red square in the picture?", "How many blue circles are there?"]
+SEEDS = [11, 12, 13]
+
+
+def _real_positions(mask_row_prepared):
+    return mask_row_prepared.nonzero(as_tuple=True)[0]
+
+
+def test_batch_of_three_equals_singles(tiny_loaded):
+    tok, model, proc, _ = tiny_loaded
+    for side in ("left", "right"):
+        ids, mask, images, seqs = make_batch(tok, proc, QUESTIONS, SEEDS, side=side)
+        assert len({s.shape[0] for s in seqs}) == 3  # really different prompt lengths
+        with torch.no_grad():
+            batch = model(ids, mask, images, padding_side=side)
+            for b in range(3):
+                single = model(seqs[b][None], images=images[b:b + 1])
+                real = batch.prepared.valid[b]
+                torch.testing.assert_close(batch.logits[b][real], single.logits[0], rtol=1e-5, atol=1e-5)
+
+
+def test_batched_greedy_equals_singles(tiny_loaded):
+    tok, model, proc, _ = tiny_loaded
+    ids, mask, images, seqs = make_batch(tok, proc, QUESTIONS, SEEDS)
+    batch = model.generate(ids, mask, images, max_new_tokens=12, eos_token_id=-1)
+    for b in range(3):
+        single = model.generate(seqs[b][None], images=images[b:b + 1], max_new_tokens=12, eos_token_id=-1)
+        assert batch[b].tolist() == single[0].tolist()
+
+
+def test_kv_cache_equals_recomputation(tiny_loaded):
+    tok, model, proc, _ = tiny_loaded
+    ids, mask, images, _ = make_batch(tok, proc, QUESTIONS, SEEDS)
+    with_cache = model.generate(ids, mask, images, max_new_tokens=10, eos_token_id=-1, use_cache=True)
+    without = model.generate(ids, mask, images, max_new_tokens=10, eos_token_id=-1, use_cache=False)
+    assert with_cache.tolist() == without.tolist()
+
+
+def test_image_count_mismatch_is_named(tiny_loaded):
+    tok, model, proc, _ = tiny_loaded
+    ids, mask, images, _ = make_batch(tok, proc, QUESTIONS[:2], SEEDS[:2])
+    try:
+        model(ids, mask, images[:1], padding_side="left")
+    except ValueError as exc:
+        assert "2 image placeholders" in str(exc) and "1 images" in str(exc)
+    else:
+        raise AssertionError("a placeholder/image count mismatch must raise")
