@@ -1,0 +1,74 @@
+"""The reducer interface and the Stage A -> Stage B composition (spec §1-§2).
+
+A reducer turns the inputs into a *member map* (B, N): the output token each original belongs
+to, or -1 if dropped.  Pruners only implement ``select`` (Stage A); the base class adds Stage B.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from .anchors import anchor_merge
+from .common import floor_fraction, gather_rows
+from .config import ReductionConfig
+
+
+@dataclass
+class ReductionInputs:
+    feats: torch.Tensor  # (B, N, D) projected features
+    cfg: ReductionConfig  # resolved
+    seed: int  # the per-sample seed (identical for every sample)
+    vis_feats: Optional[torch.Tensor] = None  # (B, N, Dv) pre-projector features, same layer
+    cls_attn: Optional[torch.Tensor] = None  # (B, N) CLS->patch attention, head-averaged
+    grid_hw: Optional[tuple[int, int]] = None  # patch grid (H, W), H * W = N
+
+
+@dataclass
+class Selection:
+    kept: torch.Tensor  # (B, k) long, kept originals (any order)
+    dropped: torch.Tensor  # (B, N - k) long, the rest, in the order Stage B receives them
+
+
+class Reducer:
+    name = ""
+    needs_cls_attn = False
+    needs_vis_feats = False
+
+    def select(self, inp: ReductionInputs, k: int) -> Selection:
+        """Stage A: keep k of the N tokens."""
+        raise NotImplementedError(f"reducer {self.name!r} has no Stage A selection")
+
+    def partition(self, inp: ReductionInputs, n: int) -> torch.Tensor:
+        """Member map (B, N) with values in [-1, n) for an output budget of n tokens."""
+        cfg = inp.cfg
+        n_keep = floor_fraction(n, cfg.split_ratio) if cfg.merge else n
+        sel = self.select(inp, n_keep)
+        return stage_b(inp, sel, n - n_keep if cfg.merge else 0)
+
+
+def stage_b(inp: ReductionInputs, sel: Selection, n_merge: int) -> torch.Tensor:
+    """Kept tokens get groups 0..k-1; the pruned ones merge into n_merge anchors (groups k..).
+
+    With n_merge == 0 or nothing pruned, nothing is merged: pruned tokens get -1.
+    """
+    B, N, _ = inp.feats.shape
+    k = sel.kept.shape[1]
+    dev = inp.feats.device
+    source = torch.full((B, N), -1, dtype=torch.long, device=dev)
+    source.scatter_(1, sel.kept, torch.arange(k, device=dev).expand(B, k))
+    M = sel.dropped.shape[1]
+    if n_merge == 0 or M == 0:
+        return source
+    y = gather_rows(inp.feats, sel.dropped)  # (B, M, D)
+    _, assignment = anchor_merge(
+        y,
+        n_merge,
+        inp.cfg.anchor_rule,
+        seed=inp.seed,
+        token_index=sel.dropped,
+        kmeans_iters=inp.cfg.kmeans_iters,
+    )
+    source.scatter_(1, sel.dropped, k + assignment)
+    return source

@@ -1,0 +1,62 @@
+"""VisPruner (spec §1): important tokens by CLS attention, then duplicate removal.
+
+n_imp = floor(k * important_ratio) tokens with the highest CLS attention a are kept.  The
+others, ordered by a descending, form the residual R.  While |R| > n_div = k - n_imp: split R
+alternately (even positions = A, odd = B), score each A token by its max cosine similarity to B
+(pre-projector features), drop the r = min(step, |R| - n_div) highest-scoring A tokens; the new
+residual is the surviving A tokens in ascending-score order of that sort (i.e. the reference's
+``argsort(descending)[r:]``) followed by B.  Ties -> lowest index everywhere.
+"""
+from __future__ import annotations
+
+import torch
+
+from .base import Reducer, ReductionInputs, Selection
+from .common import argsort_desc, complement, cosine_matrix, floor_fraction
+from .registry import register_reducer
+
+DROP_PER_STEP = 8  # the reference drops at most 8 A tokens per round
+
+
+def vispruner_select(
+    x: torch.Tensor,
+    cls_attn: torch.Tensor,
+    k: int,
+    important_ratio: float = 0.5,
+    drop_per_step: int = DROP_PER_STEP,
+) -> torch.Tensor:
+    """x (B, N, Dv) pre-projector features, cls_attn (B, N) -> (B, k) long (important first)."""
+    B, N, _ = x.shape
+    if not 0 <= k <= N:
+        raise ValueError(f"vispruner: k={k} must be in 0..N={N}")
+    if not 0.0 <= important_ratio <= 1.0:
+        raise ValueError(f"vispruner: important_ratio={important_ratio} must be in [0, 1]")
+    if drop_per_step < 1:
+        raise ValueError(f"vispruner: drop_per_step={drop_per_step} must be >= 1")
+    n_imp = floor_fraction(k, important_ratio)
+    n_div = k - n_imp
+    order = argsort_desc(cls_attn.float())  # (B, N)
+    important, residual = order[:, :n_imp], order[:, n_imp:]  # (B, n_imp), (B, R)
+    sim = cosine_matrix(x)  # (B, N, N), once
+    while residual.shape[1] > n_div:
+        R = residual.shape[1]
+        a_idx, b_idx = residual[:, 0::2], residual[:, 1::2]  # (B, ceil(R/2)), (B, floor(R/2))
+        r = min(drop_per_step, R - n_div, a_idx.shape[1])
+        if r == a_idx.shape[1]:  # every A token goes; no need to score
+            residual = b_idx
+            continue
+        rows = sim.gather(1, a_idx.unsqueeze(-1).expand(-1, -1, N))  # (B, |A|, N)
+        scores = rows.gather(2, b_idx.unsqueeze(1).expand(-1, a_idx.shape[1], -1)).max(dim=-1).values
+        survivors = argsort_desc(scores)[:, r:]  # (B, |A| - r)
+        residual = torch.cat([a_idx.gather(1, survivors), b_idx], dim=1)
+    return torch.cat([important, residual], dim=1)
+
+
+@register_reducer("vispruner")
+class VisPruner(Reducer):
+    needs_cls_attn = True
+    needs_vis_feats = True
+
+    def select(self, inp: ReductionInputs, k: int) -> Selection:
+        kept = vispruner_select(inp.vis_feats, inp.cls_attn, k, inp.cfg.vispruner_important_ratio)
+        return Selection(kept, complement(kept, inp.feats.shape[1]))
