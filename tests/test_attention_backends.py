@@ -1,0 +1,59 @@
+"""eager / sdpa / flex agree (fp32) with every calibration term, in prefill and decode."""
+import math
+
+import pytest
+import torch
+
+from llava_restore.model.attention import AttnContext, attention, log_distance_term
+
+
+def _ctx(B, Lq, Lk, backend, *, size=True, dist=True, scope_visual=False, pad_left=(0, 3)):
+    g = torch.Generator().manual_seed(0)
+    valid = torch.ones(B, Lk, dtype=torch.bool)
+    for b, p in enumerate(pad_left[:B]):
+        valid[b, :p] = False
+    # retained positions with a gap (a reduced visual span), integer
+    pos = torch.arange(Lk, dtype=torch.float32)[None].repeat(B, 1)
+    pos[:, 10:] += 40
+    vis = torch.zeros(B, Lk, dtype=torch.bool)
+    vis[:, 5:20] = True
+    log_size = torch.where(vis, torch.rand(B, Lk, generator=g) * 2, torch.zeros(B, Lk))
+    return AttnContext(key_valid=valid, query_pos=pos[:, Lk - Lq:], key_pos=pos, backend=backend,
+                       key_log_size=log_size if size else None,
+                       key_log_size_l0=torch.where(vis, torch.full_like(log_size, math.log(3.0)), 0.0) if size else None,
+                       distance=dist, distance_keys=vis if scope_visual else None, c=2.0, rope_theta=10000.0, head_dim=32)
+
+
+@pytest.mark.parametrize("size,dist,scope_visual", [(False, False, False), (True, False, False), (False, True, False),
+                                                    (True, True, False), (True, True, True)])
+@pytest.mark.parametrize("layer", [0, 1])
+def test_backends_agree_prefill_and_decode(size, dist, scope_visual, layer):
+    torch.manual_seed(1)
+    B, H, Hkv, d = 2, 4, 2, 32
+    for Lq, Lk in [(40, 40), (1, 41)]:  # prefill, one decode step
+        q = torch.randn(B, H, Lq, d)
+        k, v = torch.randn(B, Hkv, Lk, d), torch.randn(B, Hkv, Lk, d)
+        outs = {be: attention(q, k, v, _ctx(B, Lq, Lk, be, size=size, dist=dist, scope_visual=scope_visual), layer)
+                for be in ("eager", "sdpa", "flex")}
+        for be in ("sdpa", "flex"):
+            torch.testing.assert_close(outs[be][:, :, :], outs["eager"], rtol=1e-5, atol=1e-5)
+
+
+def test_eager_is_the_hand_formula():
+    """One query row computed by hand from spec §5: w_j ∝ s_j (c - D(p_i - p_j)) exp(q.k/√d)."""
+    torch.manual_seed(2)
+    B, H, L, d = 1, 1, 12, 32
+    q, k, v = torch.randn(B, H, L, d), torch.randn(B, H, L, d), torch.randn(B, H, L, d)
+    ctx = _ctx(B, L, L, "eager", pad_left=(0,))
+    out = attention(q, k, v, ctx, layer_idx=1)
+    i = L - 1
+    s = ctx.key_log_size[0].exp()
+    dist = torch.tensor([2.0 - sum(math.cos((ctx.key_pos[0, i] - ctx.key_pos[0, j]).item() * 10000 ** (-2 * kk / d))
+                                   for kk in range(d // 2)) / (d // 2) for j in range(L)])
+    w = s * dist * torch.exp((q[0, 0, i] @ k[0, 0].T) / math.sqrt(d))
+    expected = (w / w.sum()) @ v[0, 0]
+    torch.testing.assert_close(out[0, 0, i], expected, rtol=1e-5, atol=1e-5)
+
+
+def test_distance_term_zero_on_diagonal():
+    assert log_distance_term(torch.tensor([0.0]), 10000.0, 128, 2.0).item() == 0.0
