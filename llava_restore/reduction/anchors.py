@@ -90,9 +90,10 @@ def _kmeans(yn, S, k, *, seed, kmeans_iters, **_):
     cent = yn[:, init]  # (B, k, D)
     for _ in range(kmeans_iters):
         assign = (yn @ cent.transpose(1, 2)).argmax(dim=-1)  # (B, M)
-        sums = torch.zeros_like(cent).scatter_add_(1, assign.unsqueeze(-1).expand(-1, -1, D), yn)
-        counts = torch.zeros(B, k, device=yn.device).scatter_add_(1, assign, torch.ones_like(yn[..., 0]))
-        cent = torch.where(counts.unsqueeze(-1) > 0, normalize(sums), cent)
+        onehot = torch.nn.functional.one_hot(assign, k).to(yn.dtype).transpose(1, 2)  # (B, k, M)
+        sums = onehot @ yn  # (B, k, D)
+        counts = onehot.sum(-1, keepdim=True)  # (B, k, 1)
+        cent = torch.where(counts > 0, normalize(sums), cent)
     sim = yn @ cent.transpose(1, 2)  # (B, M, k)
     taken = torch.zeros(B, M, dtype=torch.bool, device=yn.device)
     anchors = torch.empty(B, k, dtype=torch.long, device=yn.device)
