@@ -108,8 +108,8 @@ def main(argv=None) -> dict:
     args = ap.parse_args(argv)
     metrics = score_science_qa(args.result_file, args.base_dir, args.split, args.output_file, args.output_result,
                                n_skipped=resolve_n_skipped(args, args.result_file))
-    print(f"Total: {metrics['n_total']}, Correct: {metrics['n_correct']}, Accuracy: {metrics['accuracy']:.2f}%, "
-          f"IMG-Accuracy: {metrics['img_accuracy']:.2f}%")
+    acc, img = (f"{v:.2f}%" if v is not None else "n/a" for v in (metrics["accuracy"], metrics["img_accuracy"]))
+    print(f"Total: {metrics['n_total']}, Correct: {metrics['n_correct']}, Accuracy: {acc}, IMG-Accuracy: {img}")
     print_metrics("ScienceQA", metrics)
     return metrics
 
