@@ -156,31 +156,35 @@ def _angles(*deg):
 
 
 def test_reference_anchors_vs_dpc_higher():
-    # unit vectors at 0, 0, 60, 120 degrees: cosines 1, 1/2, -1/2
-    y = _angles(0, 0, 60, 120)
-    # S rows: y0 [1, 1, .5, -.5], y1 same, y2 [.5, .5, 1, .5], y3 [-.5, -.5, .5, 1]
-    # rho = 2, 2, 2.5, .5
-    # reference (lower density): y0,y1: lower j = y3 -> delta = 1 - (-.5) = 1.5 -> score 3
-    #   y2: lower = y0, y1, y3 -> max S .5 -> delta .5 -> 1.25;  y3 lowest -> delta 1 -> .5
-    #   top-2: y0, y1 (tie at 3) -> anchors [0, 1]
+    # unit vectors at 120, 60, 0, 0 degrees: cosines 1, 1/2, -1/2
+    y = _angles(120, 60, 0, 0)
+    # S rows: y0 [1, .5, -.5, -.5], y1 [.5, 1, .5, .5], y2 [-.5, .5, 1, 1], y3 = y2
+    # rho = .5, 2.5, 2, 2
+    # reference (lower density): y2, y3: lower j = y0 -> delta = 1 - (-.5) = 1.5 -> score 3
+    #   y1: lower = y0, y2, y3 -> max S .5 -> delta .5 -> 1.25;  y0 lowest -> delta 1 -> .5
+    #   top-2: y2, y3 (tie at 3) -> anchors [2, 3]
     anchors, assign = anchor_merge(y, 2, "reference")
-    assert anchors.tolist() == [[0, 1]]
-    # y2: .5 to both anchors -> lowest anchor; y3: -.5 to both -> lowest anchor
-    assert assign.tolist() == [[0, 1, 0, 0]]
-    # dpc_higher: y2 densest -> delta = max distance 1 - .5 = .5 -> 1.25;
-    #   y0, y1: higher = y2 -> delta .5 -> 1;  y3: higher all -> max S .5 -> .25
-    #   top-2: y2 (1.25), y0 (1) -> anchors [0, 2]
+    assert anchors.tolist() == [[2, 3]]
+    # y0: -.5 to both anchors -> lowest anchor; y1: .5 to both -> lowest anchor
+    assert assign.tolist() == [[0, 0, 0, 1]]
+    # dpc_higher: y1 densest -> delta = its largest distance 1 - min_j S_1j = .5 -> 1.25;
+    #   y2, y3: higher = y1 -> delta .5 -> 1;  y0: higher all -> max S .5 -> .25
+    #   top-2: y1 (1.25), y2 (1; tie with y3 -> lowest) -> anchors [1, 2]
     anchors, assign = anchor_merge(y, 2, "dpc_higher")
-    assert anchors.tolist() == [[0, 2]]
-    # y1 -> y0 (1 vs .5); y3 -> y2 (.5 vs -.5)
+    assert anchors.tolist() == [[1, 2]]
+    # y0 -> y1 (.5 vs -.5); y3 -> y2 (1 vs .5)
     assert assign.tolist() == [[0, 0, 1, 1]]
 
 
 def test_reference_lowest_density_gets_delta_one():
-    # 0, 0, 90 degrees: rho = 2, 2, 1.  y2 is the lowest: delta 1 -> score 1;
-    # y0, y1: lower j = y2 with S 0 -> delta 1 -> score 2.  With 3 anchors all are anchors.
-    y = _angles(0, 0, 90)
+    # 0, 30, 90 degrees: S rows [1, c, 0], [c, 1, .5], [0, .5, 1] with c = cos 30 ~ .866
+    # rho = 1.866, 2.366, 1.5.  y1: lower = y0, y2 -> delta 1 - c ~ .134 -> score ~ .32;
+    # y0: lower = y2 -> delta 1 -> 1.866;  y2 is the lowest -> delta 1 -> 1.5
+    y = _angles(0, 30, 90)
     assert anchor_merge(y, 1, "reference")[0].tolist() == [[0]]
+    anchors, assign = anchor_merge(y, 2, "reference")
+    assert anchors.tolist() == [[0, 2]]
+    assert assign.tolist() == [[0, 0, 1]]  # y1: c to y0 > .5 to y2
     anchors, assign = anchor_merge(y, 3, "reference")
     assert anchors.tolist() == [[0, 1, 2]] and assign.tolist() == [[0, 1, 2]]
 
