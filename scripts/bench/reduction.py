@@ -3,9 +3,10 @@
     python scripts/bench/reduction.py [--n-vis 64] [--repeats 7] [--device cpu]
 
 Shapes: B=1, N=576 patches, D=4096 projected features, Dv=1024 pre-projector features.
-Each line is the median of --repeats timed calls after one warm-up.  Anchor selection is timed on
-the M = N - n_keep tokens that Stage A prunes (n_keep = n/2 with RESTORE's default split), with
-n - n_keep anchors; its ratio is given to each base pruner's time.
+Each line is the median of --repeats timed calls after one warm-up.  Base pruners are timed at
+the full budget n (the published baseline) and at n_keep = n // 2 (their Stage A under RESTORE).
+Anchor selection is timed on the M = N - n_keep pruned tokens with n - n_keep anchors; its ratio
+is given to each main base pruner's time at n.
 """
 from __future__ import annotations
 
@@ -65,25 +66,29 @@ def main() -> None:
     pos = torch.arange(M, device=args.device).unsqueeze(0)
 
     print(f"device={args.device} threads={torch.get_num_threads()} B=1 N={N} D={args.dim} Dv={args.vis_dim} "
-          f"n={n} (Stage A at n={n}; anchors: {n_merge} of M={M})  median of {args.repeats}")
-    pruners = {
-        "divprune": lambda: divprune_select(x, n),
-        "vispruner": lambda: vispruner_select(v, a, n),
-        "holov": lambda: holov_select(x, a, n),
-        "visionzip": lambda: visionzip_partition(x, a, n, 54 / 64),
-        "random": lambda: random_select(1, N, n, 0, args.device),
-        "uniform": lambda: uniform_select(N, n, None, args.device),
-        "tome": lambda: tome_partition(x, n),
-    }
+          f"n={n} n_keep={n_keep}  median of {args.repeats}")
+    def pruners(k):
+        return {
+            "divprune": lambda: divprune_select(x, k),
+            "vispruner": lambda: vispruner_select(v, a, k),
+            "holov": lambda: holov_select(x, a, k),
+            "visionzip": lambda: visionzip_partition(x, a, max(k, 1), 54 / 64),
+            "random": lambda: random_select(1, N, k, 0, args.device),
+            "uniform": lambda: uniform_select(N, k, None, args.device),
+            "tome": lambda: tome_partition(x, max(k, 1)),
+        }
+
     prune_ms = {}
-    print(f"{'base method':<12}{'ms':>10}")
-    for name, fn in pruners.items():
+    print(f"{'base method':<12}{f'ms @ n={n}':>12}{f'ms @ n_keep={n_keep}':>18}")
+    for (name, fn), fn_keep in zip(pruners(n).items(), pruners(n_keep).values()):
         prune_ms[name] = timed(fn, args.repeats, args.device)
-        print(f"{name:<12}{prune_ms[name]:>10.2f}")
+        keep_ms = timed(fn_keep, args.repeats, args.device)
+        print(f"{name:<12}{prune_ms[name]:>12.2f}{keep_ms:>18.2f}")
 
     main_methods = ["divprune", "vispruner", "holov"]
     header = "".join(f"{'/' + m:>12}" for m in main_methods)
-    print(f"\n{'anchor rule':<12}{'ms':>10}{header}")
+    print(f"\nanchor selection + assignment ({n_merge} anchors of M={M}); ratio = anchor ms / pruner ms @ n={n}")
+    print(f"{'anchor rule':<12}{'ms':>10}{header}")
     for rule in sorted(ANCHOR_RULES):
         ms = timed(lambda: anchor_merge(y, n_merge, rule, token_index=pos), args.repeats, args.device)
         ratios = "".join(f"{ms / prune_ms[m]:>12.3f}" for m in main_methods)
