@@ -1,0 +1,123 @@
+"""Deterministic rendering of a ``Scene`` to a 96x96 RGB image (PNG bytes on request).
+
+Only integer-coordinate PIL primitives, PIL's built-in bitmap font (scaled up with nearest
+neighbour) and a noise image made from ``random.Random(noise_seed).randbytes`` are used, so the
+pixels are a pure function of the scene: byte-identical for the same seed on the same Pillow.
+"""
+from __future__ import annotations
+
+import io
+import random
+from functools import lru_cache
+from typing import Tuple
+
+from PIL import Image, ImageChops, ImageDraw, ImageFont
+
+from llava_restore.playground import vocab
+from llava_restore.playground.scene import Obj, Scene
+
+TRAIL_STRENGTH = (0.55, 0.3)  # colour strength of the 1st and 2nd trail copy of a moving object
+
+
+@lru_cache(maxsize=1)
+def _font() -> ImageFont.ImageFont:
+    load = getattr(ImageFont, "load_default_imagefont", None)
+    if load is None:
+        raise RuntimeError("the playground needs Pillow >= 10.1 (ImageFont.load_default_imagefont, "
+                           f"the built-in bitmap font); found Pillow {Image.__version__}")
+    return load()
+
+
+@lru_cache(maxsize=4096)
+def _text_mask(text: str, scale: int) -> Image.Image:
+    """The ink of ``text`` in the bitmap font, cropped to its bounding box, scaled by ``scale``."""
+    if scale < 1:
+        raise ValueError(f"text scale must be >= 1, got {scale}")
+    font = _font()
+    left, top, right, bottom = font.getbbox(text)
+    canvas = Image.new("L", (right - left + 2, bottom - top + 2), 0)
+    ImageDraw.Draw(canvas).text((1 - left, 1 - top), text, font=font, fill=255)
+    box = canvas.getbbox()
+    if box is None:
+        raise ValueError(f"text {text!r} has no ink in the bitmap font")
+    ink = canvas.crop(box)
+    return ink.resize((ink.width * scale, ink.height * scale), Image.Resampling.NEAREST)
+
+
+def text_size(text: str, scale: int) -> Tuple[int, int]:
+    """(width, height) in pixels of the rendered ``text`` at ``scale``."""
+    return _text_mask(text, scale).size
+
+
+def _mix(a: vocab.RGB, b: vocab.RGB, t: float) -> vocab.RGB:
+    """t * a + (1 - t) * b, rounded per channel."""
+    return tuple(int(round(t * x + (1 - t) * y)) for x, y in zip(a, b))
+
+
+def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, x: int, y: int, w: int, fill: vocab.RGB) -> None:
+    x1, y1, half = x + w - 1, y + w - 1, w // 2
+    if shape == "square":
+        draw.rectangle([x, y, x1, y1], fill=fill)
+    elif shape == "circle":
+        draw.ellipse([x, y, x1, y1], fill=fill)
+    elif shape == "ring":
+        draw.ellipse([x, y, x1, y1], outline=fill, width=max(2, w // 4))
+    elif shape == "triangle":
+        draw.polygon([(x + half, y), (x1, y1), (x, y1)], fill=fill)
+    elif shape == "diamond":
+        draw.polygon([(x + half, y), (x1, y + half), (x + half, y1), (x, y + half)], fill=fill)
+    elif shape == "cross":
+        t = max(2, w // 3)
+        o = (w - t) // 2
+        draw.rectangle([x + o, y, x + o + t - 1, y1], fill=fill)
+        draw.rectangle([x, y + o, x1, y + o + t - 1], fill=fill)
+    else:
+        raise ValueError(f"unknown shape {shape!r}; known: {vocab.SHAPES}")
+
+
+def _trail_offsets(direction: str, step: int):
+    """Offsets (dx, dy) of the trail copies, nearest first: behind the direction of motion."""
+    unit = {"right": (-1, 0), "left": (1, 0), "down": (0, -1), "up": (0, 1)}
+    if direction not in unit:
+        raise ValueError(f"unknown direction {direction!r}; known: {vocab.DIRECTIONS}")
+    ux, uy = unit[direction]
+    return [(ux * step * k, uy * step * k) for k in (1, 2)]
+
+
+def _background(scene: Scene) -> Image.Image:
+    bg = vocab.BACKGROUNDS[scene.background]
+    size = (scene.width, scene.height)
+    a = scene.noise
+    if a <= 0:
+        return Image.new("RGB", size, bg)
+    base = Image.new("RGB", size, tuple(max(0, c - a) for c in bg))
+    raw = random.Random(scene.noise_seed).randbytes(scene.width * scene.height)
+    noise = Image.frombytes("L", size, raw).point([v * 2 * a // 255 for v in range(256)])
+    return ImageChops.add(base, Image.merge("RGB", (noise, noise, noise)))
+
+
+def render(scene: Scene) -> Image.Image:
+    """The scene's pixels: background, trails, objects, then texts."""
+    img = _background(scene)
+    draw = ImageDraw.Draw(img)
+    bg = vocab.BACKGROUNDS[scene.background]
+    if scene.motion is not None:
+        o: Obj = scene.objects[scene.motion.index]
+        offsets = _trail_offsets(scene.motion.direction, scene.motion.step)
+        for (dx, dy), strength in reversed(list(zip(offsets, TRAIL_STRENGTH))):
+            _draw_shape(draw, o.shape, o.x + dx, o.y + dy, o.w, _mix(vocab.COLORS[o.color], bg, strength))
+    for o in scene.objects:
+        _draw_shape(draw, o.shape, o.x, o.y, o.w, vocab.COLORS[o.color])
+    for t in scene.texts:
+        mask = _text_mask(t.text, scene.text_scale)
+        if mask.size != (t.w, t.h):
+            raise ValueError(f"text {t.text!r}: scene says {t.w}x{t.h}, font renders {mask.size}")
+        img.paste(vocab.COLORS[t.color], (t.x, t.y, t.x + t.w, t.y + t.h), mask)
+    return img
+
+
+def png_bytes(img: Image.Image) -> bytes:
+    """PNG encoding without metadata (deterministic for a given Pillow/zlib)."""
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", optimize=False, compress_level=6)
+    return buf.getvalue()
