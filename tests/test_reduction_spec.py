@@ -17,8 +17,10 @@ from llava_restore.reduction import (
     holov_chunk_scores,
     holov_select,
     representative_positions,
+    tome_partition,
     uniform_select,
     vispruner_select,
+    visionzip_partition,
 )
 from llava_restore.reduction.holov import chunk_sizes
 from llava_restore.reduction.positions import build_result
@@ -209,6 +211,28 @@ def test_uniform_pruner_grid():
     assert uniform_select(576, 64).tolist() == lattice
     # 4 of 4 x 4: 2 x 2 lattice at rows/cols floor((i + .5) * 2) = 1, 3
     assert uniform_select(16, 4).tolist() == [5, 7, 13, 15]
+
+
+def test_tome_repeated_bipartite_matching_by_hand():
+    #              0   1   2   3   4   5
+    x = basis(3, 0, 1, 0, 2, 1, 2)
+    # round 1 (t=6 -> 2): r = min(4, 3) = 3; A = 0, 2, 4 (e0, e0, e1), B = 1, 3, 5 (e1, e2, e2)
+    #   best B: 0 -> 1 (all 0, lowest), 2 -> 1 (0), 4 -> 1 (1)  -> all three merge into 1
+    #   survivors by root: 1 (size 4, mean (e0 + e1) / 2), 3, 5
+    # round 2 (t=3): r = 1; A = 1, 5, B = 3: 5 -> 3 (cos 1) beats 1 -> 3 (cos 0) -> merge 5 into 3
+    source, roots = tome_partition(x, 2)
+    assert source.tolist() == [[0, 0, 0, 1, 0, 1]]
+    assert roots.tolist() == [[1, 3]]
+
+
+def test_visionzip_contextual_merging_by_hand():
+    #                0  1  2  3  4  5       6  7
+    x = basis(3, 2, 2, 0, 0, 1, 1, (0, 1), 1)
+    a = torch.tensor([[0.5, 0.3, 0.1, 0.1, 0.0, 0.0, 0.0, 0.0]])
+    # n = 4, ratio .5: dominant = top-2 by a = 0, 1; rest = 2..7 (R = 6), n_ctx = 2, step 3
+    # targets at ranks 0, 3 = tokens 2 (e0), 5 (e1); 3 -> 2, 4 -> 5, 6 -> tie .707 -> 2, 7 -> 5
+    source = visionzip_partition(x, a, 4, 0.5)
+    assert source.tolist() == [[0, 1, 2, 2, 3, 3, 2, 3]]
 
 
 # ----------------------------------------------------------------------------- positions

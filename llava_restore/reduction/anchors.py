@@ -10,7 +10,8 @@ Rules (all on the projected features Y, rows normalised):
               anchors = top n by rho_i * delta_i.                      (RESTORE's reference code)
   dpc_higher  as reference but with rho_j > rho_i (textbook density peaks); a token with no
               denser token gets delta_i = max_j (1 - S_ij).
-  bipartite   the roots of ToMe bipartite soft matching run on Y down to n groups.
+  bipartite   the roots of ToMe bipartite soft matching run on Y (in raster order of the tokens'
+              original patch index) down to n groups.
   uniform     evenly spaced in raster order of the tokens' original patch index:
               rank floor((i + 1/2) * M / n), i = 0..n-1.
   random      the first n of a seeded permutation of the M ranks (the same for every sample).
@@ -65,8 +66,10 @@ def _dpc_higher(yn, S, k, **_):
 
 
 @_rule("bipartite")
-def _bipartite(yn, S, k, **_):
-    return tome_partition(yn, k)[1]
+def _bipartite(yn, S, k, *, token_index, **_):
+    raster = torch.sort(token_index, dim=1, stable=True).indices  # (B, M) ToMe alternates in raster order
+    roots = tome_partition(yn.gather(1, raster.unsqueeze(-1).expand_as(yn)), k)[1]  # (B, k) raster ranks
+    return raster.gather(1, roots)
 
 
 @_rule("uniform")
