@@ -53,13 +53,13 @@ def reduce_visual_tokens(
     """
     if cfg.merge is None or cfg.position_mode is None:
         raise ValueError("reduce_visual_tokens needs a resolved ReductionConfig (call cfg.resolve())")
-    cfg.validate()
     if feats.dim() != 3:
         raise ValueError(f"feats must be (B, N, D), got shape {tuple(feats.shape)}")
     B, N, _ = feats.shape
     n = N if cfg.n_vis is None else int(cfg.n_vis)
     if not 1 <= n <= N:
         raise ValueError(f"ReductionConfig.n_vis={cfg.n_vis} must be in 1..N={N}")
+    cfg.validate()
     if cfg.anchor_rule not in ANCHOR_RULES:
         raise ValueError(f"ReductionConfig.anchor_rule={cfg.anchor_rule!r} is not one of {sorted(ANCHOR_RULES)}")
     if cfg.method == "none":
