@@ -4,7 +4,8 @@ import math
 import pytest
 import torch
 
-from llava_restore.model.attention import AttnContext, attention, log_distance_term
+from llava_restore.model.attention import AttnContext, attention
+from llava_restore.reduction import distance_bias
 
 
 def _ctx(B, Lq, Lk, backend, *, size=True, dist=True, scope_visual=False, pad_left=(0, 3)):
@@ -56,4 +57,4 @@ def test_eager_is_the_hand_formula():
 
 
 def test_distance_term_zero_on_diagonal():
-    assert log_distance_term(torch.tensor([0.0]), 10000.0, 128, 2.0).item() == 0.0
+    assert distance_bias(torch.tensor([0.0]), 10000.0, 128, 2.0).item() == 0.0

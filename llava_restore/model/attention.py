@@ -21,24 +21,9 @@ from functools import lru_cache
 import torch
 import torch.nn.functional as F
 
+from llava_restore.reduction.distance import distance_bias
+
 NEG_INF = float("-inf")
-
-
-def rope_decay(d: torch.Tensor, rope_theta: float, head_dim: int) -> torch.Tensor:
-    """D(d) = mean_k cos(d * theta_k), theta_k = rope_theta^(-2k/head_dim); float64 inside."""
-    k = torch.arange(head_dim // 2, dtype=torch.float64, device=d.device)
-    theta = rope_theta ** (-2.0 * k / head_dim)  # (head_dim/2,)
-    dd = d.to(torch.float64)
-    out = torch.zeros_like(dd)
-    for t in theta.tolist():  # loop keeps memory at O(|d|) for large L x L inputs
-        out += torch.cos(dd * t)
-    return out / theta.numel()
-
-
-def log_distance_term(d: torch.Tensor, rope_theta: float, head_dim: int, c: float) -> torch.Tensor:
-    """log(c - D(d)) in float64; exactly 0 at d = 0 when c = 2."""
-    out = torch.log(c - rope_decay(d, rope_theta, head_dim))
-    return torch.where(d == 0, torch.full_like(out, math.log(c - 1.0)), out)
 
 
 @dataclass
@@ -98,10 +83,10 @@ class AttnContext:
             d = self.query_pos[:, :, None].double() - self.key_pos[:, None, :].double()  # (B, Lq, Lk)
             if torch.all(d == d.round()):
                 lo, hi = int(d.min()), int(d.max())
-                table = log_distance_term(torch.arange(lo, hi + 1, device=d.device), self.rope_theta, self.head_dim, self.c)
+                table = distance_bias(torch.arange(lo, hi + 1, device=d.device, dtype=torch.float64), self.rope_theta, self.head_dim, self.c)
                 bias = table[(d - lo).long()]
             else:
-                bias = log_distance_term(d, self.rope_theta, self.head_dim, self.c)
+                bias = distance_bias(d, self.rope_theta, self.head_dim, self.c)
             if self.distance_keys is not None:
                 bias = bias * self.distance_keys[:, None, :]
             self._dense["dist"] = bias.float()
@@ -172,7 +157,7 @@ def _flex_parts(ctx: AttnContext, layer_idx: int):
                                  "fractional ones: use attn_backend=sdpa or eager")
             lo = int(qp.min() - kp.max())
             hi = int(qp.max() - kp.min())
-            table = log_distance_term(torch.arange(lo, hi + 1, device=qp.device), ctx.rope_theta, ctx.head_dim, ctx.c)
+            table = distance_bias(torch.arange(lo, hi + 1, device=qp.device, dtype=torch.float64), ctx.rope_theta, ctx.head_dim, ctx.c)
             ctx._flex["dist"] = (table.float(), qp.long() - lo, kp.long())
             ctx._flex["dkeys"] = None if ctx.distance_keys is None else ctx.distance_keys.float()
     return ctx._flex["mask"]
