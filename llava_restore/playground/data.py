@@ -3,8 +3,9 @@
 ``build(out_dir, seed, sizes)`` writes, deterministically from ``seed``::
 
     <out_dir>/manifest.json                 seed, sizes, builder version, sha256 of every file
-    <out_dir>/llava_playground_train.json   training conversations (llava_v1_5_mix665k format)
-    <out_dir>/images/train/*.png            training images (the --image-folder is <out_dir>/images)
+    <out_dir>/train/llava_playground_train.json  training conversations (llava_v1_5_mix665k format)
+    <out_dir>/images/train/*.png            training images (paths relative to <out_dir>, which is
+                                            the training --image_folder)
     <out_dir>/scenes/<part>.jsonl           the scene behind every image (ground truth)
     <out_dir>/eval/<bench>/...              LLaVA's playground/data/eval layout, real file formats
 

@@ -1,6 +1,7 @@
 """Training conversations in LLaVA's llava_v1_5_mix665k.json format.
 
-``llava_playground_train.json``: a list of {"id", "image" (relative to ``images/``),
+``train/llava_playground_train.json``: a list of {"id", "image" (relative to the data folder,
+``images/train/pg<i>.png``),
 "conversations": [{"from": "human", "value": "<image>\\n..."}, {"from": "gpt", "value": ...}, ...]}.
 Per training image:
 - one multi-turn short-answer record (``train_qa_per_image`` turns), each question followed by
@@ -29,8 +30,9 @@ from llava_restore.playground.questions import (
 from llava_restore.playground.scene import Scene, sample_scene
 from llava_restore.playground.sink import Sink, stream
 
-TRAIN_JSON = "llava_playground_train.json"
-IMAGE_FOLDER = "images"
+TRAIN_JSON = "train/llava_playground_train.json"  # relative to the data folder
+IMAGE_FOLDER = ""  # image paths in TRAIN_JSON are relative to the data folder itself
+IMAGE_DIR = "images/train"
 
 SHORT_WEIGHTS = {
     "color_query": 2.0, "shape_query": 1.5, "size_choose": 0.8, "background": 0.3,
@@ -97,7 +99,7 @@ def _conversation(turns: List[Tuple[str, str]], with_image: bool) -> List[dict]:
 
 
 def image_records(i: int, scene: Scene, rng: random.Random, n_short: int) -> List[dict]:
-    image = f"train/pg{i:06d}.png"
+    image = f"{IMAGE_DIR}/pg{i:06d}.png"
     recs = []
     turns: List[Tuple[str, str]] = []
     for qa in sample_questions(scene, rng, SHORT_WEIGHTS, n_short):
@@ -132,8 +134,8 @@ def build(sink: Sink, seed: int, sizes) -> dict:
     for i in range(sizes.train_images):
         rng = stream(seed, "train", i)
         scene = sample_scene(rng, config.TRAIN)
-        sink.image(f"{IMAGE_FOLDER}/train/pg{i:06d}.png", scene, "train")
-        scenes.append((f"train/pg{i:06d}.png", scene))
+        sink.image(f"{IMAGE_DIR}/pg{i:06d}.png", scene, "train")
+        scenes.append((f"{IMAGE_DIR}/pg{i:06d}.png", scene))
         recs = image_records(i, scene, rng, sizes.train_qa_per_image)
         records += recs
         n_qa += sum(len(r["conversations"]) // 2 for r in recs)
