@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from functools import lru_cache
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -44,6 +45,8 @@ class AttnContext:
     c: float = 2.0
     rope_theta: float = 10000.0
     head_dim: int = 128
+    # analysis only: the eager backend calls it with (layer_idx, probs (B, H, Lq, Lk)) after softmax
+    record_probs: Callable[[int, torch.Tensor], None] | None = field(default=None, repr=False)
     _dense: dict = field(default_factory=dict, repr=False)  # cached per-forward dense biases
     _flex: dict = field(default_factory=dict, repr=False)
 
@@ -119,6 +122,8 @@ def eager_attention(q, k, v, ctx: AttnContext, layer_idx: int) -> torch.Tensor:
     logits = (q.float() @ k.float().transpose(-1, -2)) / math.sqrt(q.shape[-1])  # (B, H, Lq, Lk)
     logits = logits + ctx.dense_bias(layer_idx, torch.float32)
     probs = torch.softmax(logits, dim=-1)
+    if ctx.record_probs is not None:
+        ctx.record_probs(layer_idx, probs)
     return (probs @ v.float()).to(q.dtype)
 
 
@@ -196,4 +201,6 @@ BACKENDS = {"eager": eager_attention, "sdpa": sdpa_attention, "flex": flex_atten
 def attention(q, k, v, ctx: AttnContext, layer_idx: int) -> torch.Tensor:
     if ctx.backend not in BACKENDS:
         raise ValueError(f"unknown attention backend {ctx.backend!r}; known: {sorted(BACKENDS)}")
+    if ctx.record_probs is not None and ctx.backend != "eager":
+        raise ValueError(f"AttnContext.record_probs needs the eager backend (explicit probabilities), not {ctx.backend!r}")
     return BACKENDS[ctx.backend](q, k, v, ctx, layer_idx)
