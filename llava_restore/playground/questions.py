@@ -237,11 +237,14 @@ def exist_attr(scene: Scene, rng: random.Random) -> Optional[QA]:
     if not pick:
         return None
     v = rng.choice(pick)
-    q = f"Are there any {v} objects?" if by_color else f"Are there any {vocab.PLURALS[v]}?"
-    prog = (("select", "object" if by_color else v, ()),) + (
-        (("filter color", v, (0,)),) if by_color else ()) + (("exist", "?", (0 if not by_color else 1,)),)
+    if by_color:
+        q, noun = f"Are there any {v} objects?", f"{v} objects"
+        prog = (("select", "object", ()), ("filter color", v, (0,)), ("exist", "?", (1,)))
+    else:
+        q, noun = f"Are there any {vocab.PLURALS[v]}?", vocab.PLURALS[v]
+        prog = (("select", v, ()), ("exist", "?", (0,)))
     return QA("exist_attr", q, want, "yes/no", YES_NO, "obj", "verify", prog,
-              f"{want.capitalize()}, there {'are' if want == 'yes' else 'are no'} {v if not by_color else v + ' objects'}.")
+              f"{want.capitalize()}, there are {'' if want == 'yes' else 'no '}{noun}.")
 
 
 def logical(scene: Scene, rng: random.Random) -> Optional[QA]:
@@ -336,7 +339,7 @@ def ocr_read(scene: Scene, rng: random.Random) -> Optional[QA]:
     if not readable:
         return None
     if len(scene.texts) == 1:
-        t = readable[0]
+        (t,) = readable
         q = "What number is written in the image?" if t.kind in ("number", "digits") else "What is written in the image?"
     else:
         t = rng.choice(readable)
@@ -367,9 +370,9 @@ def expression_value(text: str) -> int:
 
 def arithmetic(scene: Scene, rng: random.Random) -> Optional[QA]:
     exprs = [t for t in scene.texts if t.kind == "expression"]
-    if not exprs:
+    if len(exprs) != 1:  # "the arithmetic question" must name one text
         return None
-    t = exprs[0]
+    (t,) = exprs
     v = str(expression_value(t.text))
     return QA("arithmetic", "What is the answer to the arithmetic question in the image?", v, "number",
               tuple(str(i) for i in range(0, 19)), "attr", "query",

@@ -8,7 +8,7 @@ Coordinates are integers; centres are kept doubled (``cx2 = 2 * x + w``) to stay
 from __future__ import annotations
 
 import random
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from llava_restore.playground import vocab

@@ -17,9 +17,9 @@ import random
 from typing import List, Optional, Tuple
 
 from llava_restore.playground import config, vocab
-from llava_restore.playground.benchmarks.common import EVAL, write_scenes
+from llava_restore.playground.benchmarks.common import EVAL, redraw, write_scenes
 from llava_restore.playground.questions import QA, ask, distractor_pool, mc_options
-from llava_restore.playground.scene import Scene, sample_scene
+from llava_restore.playground.scene import Scene
 from llava_restore.playground.sink import Sink, stream
 
 ROOT = f"{EVAL}/mmbench"
@@ -72,11 +72,8 @@ def build(sink: Sink, seed: int, sizes) -> int:
         category = names[i % len(names)]
         cfg = config.OCR_PAIR if category == "ocr" and rng.random() < 0.3 else (
             config.OCR_SINGLE if category == "ocr" else config.OBJECTS)
-        made = None
-        while made is None:
-            scene = sample_scene(rng, cfg, min_texts=1 if category == "ocr" else 0)
-            made = _question(scene, rng, category)
-        qa, opts, ans = made
+        scene, (qa, opts, ans) = redraw(rng, cfg, lambda sc, r: _question(sc, r, category),
+                                        f"MMBench question {i}", min_texts=1 if category == "ocr" else 0)
         png = sink.image_png(scene, "eval")
         scenes.append((f"mmbench:{i}", scene))
         hint = HINT if rng.random() < 0.3 else ""

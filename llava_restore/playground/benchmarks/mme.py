@@ -18,9 +18,9 @@ import random
 from typing import Optional, Tuple
 
 from llava_restore.playground import config, vocab
-from llava_restore.playground.benchmarks.common import EVAL, short_prompt, write_scenes
+from llava_restore.playground.benchmarks.common import EVAL, redraw, short_prompt, write_scenes
 from llava_restore.playground.questions import _absent_category, expression_value
-from llava_restore.playground.scene import Scene, clear_on_axis, count, relation_holds, sample_scene
+from llava_restore.playground.scene import Scene, clear_on_axis, count, relation_holds
 from llava_restore.playground.sink import Sink, stream
 
 ROOT = f"{EVAL}/MME"
@@ -82,14 +82,19 @@ def _near_miss(text: str, rng: random.Random) -> str:
 
 
 def _ocr(scene: Scene, rng: random.Random) -> Optional[Pair]:
-    t = scene.texts[0]
+    if len(scene.texts) != 1 or scene.texts[0].kind == "expression":
+        return None  # "the word in the image" must name one text
+    (t,) = scene.texts
     what = "number" if t.kind in ("number", "digits") else "word"
     return (f'Is the {what} in the image "{t.text}"?',
             f'Is the {what} in the image "{_near_miss(t.text, rng)}"?')
 
 
 def _numerical(scene: Scene, rng: random.Random) -> Optional[Pair]:
-    v = expression_value(scene.texts[0].text)
+    if len(scene.texts) != 1 or scene.texts[0].kind != "expression":
+        return None
+    (t,) = scene.texts
+    v = expression_value(t.text)
     wrong = rng.choice([w for w in (v - 2, v - 1, v + 1, v + 2, v + 10) if w >= 0])
     q = "Is the answer to the arithmetic question in the image {}?"
     return q.format(v), q.format(wrong)
@@ -112,10 +117,7 @@ def build(sink: Sink, seed: int, sizes) -> int:
         results = []
         for i in range(sizes.mme_images):
             rng = stream(seed, "mme", task, i)
-            pair = None
-            while pair is None:  # redraw scenes without an instance of this subtask
-                scene = sample_scene(rng, cfg, min_texts=1 if needs_text else 0)
-                pair = make(scene, rng)
+            scene, pair = redraw(rng, cfg, make, f"MME {task} image {i}", min_texts=1 if needs_text else 0)
             name = f"{i + 1:04d}"
             image = f"{task}/{name}.png"
             sink.image(f"{RELEASE}/{image}", scene, "eval")

@@ -15,9 +15,9 @@ import random
 from typing import Optional
 
 from llava_restore.playground import config, vocab
-from llava_restore.playground.benchmarks.common import EVAL, mc_prompt, write_scenes
+from llava_restore.playground.benchmarks.common import EVAL, mc_prompt, redraw, write_scenes
 from llava_restore.playground.questions import QA, ask, distractor_pool, mc_options
-from llava_restore.playground.scene import Scene, sample_scene
+from llava_restore.playground.scene import Scene
 from llava_restore.playground.sink import Sink, stream
 
 ROOT = f"{EVAL}/seed_bench"
@@ -72,10 +72,8 @@ def build(sink: Sink, seed: int, sizes) -> int:
         rng = stream(seed, "seed", "image", i)
         dim = dims[i % len(dims)]
         cfg = config.OCR_SINGLE if dim == "Text Understanding" else config.OBJECTS
-        qa = None
-        while qa is None:
-            scene = sample_scene(rng, cfg, min_texts=1 if dim == "Text Understanding" else 0)
-            qa = _ask(scene, rng, dim)
+        scene, qa = redraw(rng, cfg, lambda sc, r: _ask(sc, r, dim), f"SEED image question {i}",
+                           min_texts=1 if dim == "Text Understanding" else 0)
         opts, ans = _record(qa, scene, rng)
         data_id = f"seed_{i:06d}.png"
         sink.image(f"{ROOT}/SEED-Bench-image/{data_id}", scene, "eval")
@@ -86,8 +84,7 @@ def build(sink: Sink, seed: int, sizes) -> int:
         questions.append(_annotation(qa, opts, ans, data_id, "image", str(qid), QUESTION_TYPES[dim]))
     for k in range(sizes.seed_video_questions):
         rng = stream(seed, "seed", "video", k)
-        scene = sample_scene(rng, config.VIDEO)
-        qa = ask(scene, rng, "motion")
+        scene, qa = redraw(rng, config.VIDEO, lambda sc, r: ask(sc, r, "motion"), f"SEED video question {k}")
         opts, ans = _record(qa, scene, rng)
         frame = f"SEED-Bench-video-image/10_{k:05d}.png"
         sink.image(f"{ROOT}/{frame}", scene, "eval")

@@ -16,9 +16,9 @@ import random
 from typing import Optional, Tuple
 
 from llava_restore.playground import config, vocab
-from llava_restore.playground.benchmarks.common import EVAL, write_scenes
+from llava_restore.playground.benchmarks.common import EVAL, redraw, write_scenes
 from llava_restore.playground.questions import format_options
-from llava_restore.playground.scene import Scene, count, sample_scene
+from llava_restore.playground.scene import Scene, count
 from llava_restore.playground.sink import Sink, stream
 
 ROOT = f"{EVAL}/scienceqa"
@@ -103,10 +103,8 @@ def build(sink: Sink, seed: int, sizes) -> int:
         if _is_text_only(rng):
             q, choices, ans, hint, meta = _text_only(rng)
         else:
-            made = None
-            while made is None:
-                scene = sample_scene(rng, config.OBJECTS)
-                made = rng.choice(IMAGE_MAKERS)(scene, rng)
+            scene, made = redraw(rng, config.OBJECTS, lambda sc, r: r.choice(IMAGE_MAKERS)(sc, r),
+                                 f"ScienceQA question {pid}")
             q, choices, ans, hint, meta = made
             sink.image(f"{ROOT}/images/test/{pid}/image.png", scene, "eval")
             scenes.append((f"{pid}/image.png", scene))

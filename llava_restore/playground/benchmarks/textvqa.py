@@ -17,7 +17,7 @@ import random
 from typing import List
 
 from llava_restore.playground import config, vocab
-from llava_restore.playground.benchmarks.common import EVAL, short_prompt, write_scenes
+from llava_restore.playground.benchmarks.common import EVAL, write_scenes
 from llava_restore.playground.benchmarks.mme import _near_miss
 from llava_restore.playground.questions import QA, sample_questions
 from llava_restore.playground.scene import Scene, reading_order, sample_scene

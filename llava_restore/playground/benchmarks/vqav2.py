@@ -16,7 +16,7 @@ import random
 from collections import Counter
 from typing import List
 
-from llava_restore.playground import config, vocab
+from llava_restore.playground import config
 from llava_restore.playground.benchmarks.common import EVAL, short_prompt, write_scenes
 from llava_restore.playground.questions import QA, sample_questions
 from llava_restore.playground.scene import sample_scene
