@@ -536,3 +536,90 @@ def test_cli_build_and_lazy_train_dispatch(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "llava_restore.playground.train", fake)
     assert cli_main(["train", "--steps", "3"]) == 0 and seen == [["--steps", "3"]]
     assert cli_main(["nonsense"]) == 2
+
+
+# ----------------------------------------------------------------------------- project scorers
+
+
+def _answers(path: Path, rows) -> str:
+    with open(path, "w") as f:
+        for qid, prompt, text, extra in rows:
+            f.write(json.dumps({"question_id": qid, "prompt": prompt, "text": text, "answer_id": "gt",
+                                "model_id": "gt", "metadata": {}, **extra}) + "\n")
+    return str(path)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_project_scorers_read_every_benchmark_and_score_ground_truth_at_100(data, tmp_path, capsys):
+    """Answer files holding the ground truth (read from the GT files, as a model would say it)
+    are scored at 100 by the project's LLaVA-compatible scorer CLIs."""
+    import importlib
+
+    E = data / "eval"
+    score = lambda name, argv: importlib.import_module(f"llava_restore.eval.eval_{name}").main(argv)  # noqa: E731
+
+    gt = json.loads((E / "gqa/data/testdev_balanced_questions.json").read_text())
+    rows = [(r["question_id"], r["text"], gt[r["question_id"]]["answer"].capitalize() + ".", {})
+            for r in jsonl(E / "gqa/llava_gqa_testdev_balanced.jsonl")]
+    m = score("gqa", ["--result-file", _answers(tmp_path / "gqa.jsonl", rows),
+                      "--questions", str(E / "gqa/data/testdev_balanced_questions.json")])
+    assert m["accuracy"] == 100.0
+
+    q = jsonl(E / "pope/llava_pope_test.jsonl")
+    labels = {}
+    for cat in ("adversarial", "popular", "random"):
+        for r, x in zip([r for r in q if r["category"] == cat], jsonl(E / f"pope/coco/coco_pope_{cat}.json")):
+            labels[r["question_id"]] = x["label"].capitalize()
+    m = score("pope", ["--annotation-dir", str(E / "pope/coco"), "--question-file", str(E / "pope/llava_pope_test.jsonl"),
+                       "--result-file", _answers(tmp_path / "pope.jsonl", [(r["question_id"], r["text"], labels[r["question_id"]], {}) for r in q])])
+    assert m["mean_f1"] == 100.0
+
+    rows = []
+    for r in jsonl(E / "MME/llava_mme.jsonl"):
+        txt = (E / "MME/MME_Benchmark_release_version" / r["image"]).with_suffix(".txt")
+        truth = dict(ln.split("\t") for ln in txt.read_text().splitlines())
+        rows.append((r["question_id"], r["text"], truth[r["text"].split("\n")[0] + " Please answer yes or no."], {}))
+    m = score("mme", ["--question-file", str(E / "MME/llava_mme.jsonl"), "--result-file", _answers(tmp_path / "mme.jsonl", rows),
+                      "--gt-dir", str(E / "MME/MME_Benchmark_release_version")])
+    assert {t: v["score"] for t, v in m["subtasks"].items() if v["n"]} == {
+        t: 200.0 for t in ("existence", "count", "position", "color", "OCR", "numerical_calculation")}
+
+    header, tsv = read_tsv(E / "mmbench/mmbench_dev_20230712.tsv")
+    col = {c: i for i, c in enumerate(header)}
+    rows = [(int(r[col["index"]]), r[col["question"]], r[col["answer"]], {"round_id": 0}) for r in tsv]
+    m = score("mmbench", ["--annotation-file", str(E / "mmbench/mmbench_dev_20230712.tsv"),
+                          "--result-file", _answers(tmp_path / "mmbench.jsonl", rows)])
+    assert m["circular_accuracy"] == 100.0
+
+    items = json.loads((E / "ocrbench/OCRBench/OCRBench.json").read_text())
+    m = score("ocrbench", ["--question-file", str(E / "ocrbench/OCRBench/OCRBench.json"),
+                           "--result-file", _answers(tmp_path / "ocr.jsonl", [(it["id"], it["question"], it["answers"][0], {}) for it in items])])
+    assert m["final_score"] == len(items)
+
+    recs = json.loads((E / "scienceqa/llava_test_CQM-A.json").read_text())
+    rows = [(r["id"], r["conversations"][0]["value"], r["conversations"][1]["value"], {}) for r in recs]
+    m = score("science_qa", ["--base-dir", str(E / "scienceqa"), "--result-file", _answers(tmp_path / "sqa.jsonl", rows)])
+    assert m["accuracy"] == 100.0 and m["img_accuracy"] == 100.0
+
+    ann = {x["question_id"]: x for x in json.loads((E / "seed_bench/SEED-Bench.json").read_text())["questions"]}
+    rows = [(r["question_id"], r["text"], ann[str(r["question_id"])]["answer"], {})
+            for r in jsonl(E / "seed_bench/llava-seed-bench.jsonl")]
+    m = score("seed", ["--annotation-file", str(E / "seed_bench/SEED-Bench.json"),
+                       "--result-file", _answers(tmp_path / "seed.jsonl", rows)])
+    assert m["image_accuracy"] == 100.0 and m["video_accuracy"] == 100.0
+
+    tv = {(d["image_id"], d["question"]): d["answers"] for d in json.loads((E / "textvqa/TextVQA_0.5.1_val.json").read_text())["data"]}
+    rows = [(r["question_id"], r["text"], Counter(tv[(r["question_id"], r["text"].split("\n")[0].lower())]).most_common(1)[0][0].upper(), {})
+            for r in jsonl(E / "textvqa/llava_textvqa_val_v051_ocr.jsonl")]
+    m = score("textvqa", ["--annotation-file", str(E / "textvqa/TextVQA_0.5.1_val.json"),
+                          "--result-file", _answers(tmp_path / "textvqa.jsonl", rows)])
+    assert m["accuracy"] == 100.0
+
+    va = {a["question_id"]: a["multiple_choice_answer"] for a in json.loads((E / "vqav2/v2_mscoco_test-dev2015_annotations.json").read_text())["annotations"]}
+    rows = [(r["question_id"], r["text"], va[r["question_id"]].capitalize(), {}) for r in jsonl(E / "vqav2/llava_vqav2_mscoco_test-dev2015.jsonl")]
+    m = score("vqav2", ["--question-file", str(E / "vqav2/llava_vqav2_mscoco_test2015.jsonl"),
+                        "--result-file", _answers(tmp_path / "vqav2.jsonl", rows),
+                        "--annotation-file", str(E / "vqav2/v2_mscoco_test-dev2015_annotations.json"),
+                        "--output-file", str(tmp_path / "vqav2_upload.json")])
+    assert m["accuracy"] == 100.0
+    capsys.readouterr()
