@@ -90,11 +90,11 @@ def _draw_panel(draw, box, panel: Panel, styles: dict[str, tuple], font, small):
     def Y(v):
         return y1 - (v - ylo) / (yhi - ylo) * (y1 - y0)
 
-    draw.rectangle([x0, y0, x1, y1], outline="black")
     for t in _nice_ticks(ylo, yhi):
         if ylo <= t <= yhi:
             draw.line([(x0, Y(t)), (x1, Y(t))], fill=(230, 230, 230))
             draw.text((x0 - 6, Y(t)), _fmt(t), fill="black", font=small, anchor="rm")
+    draw.rectangle([x0, y0, x1, y1], outline="black")
     distinct = sorted(set(xs))
     xt = panel.xticks if panel.xticks is not None else (distinct if len(distinct) <= 12 else _nice_ticks(xlo, xhi))
     for t in xt:
@@ -125,15 +125,17 @@ def line_chart(panels: list[Panel], out_path: str | Path | None = None, panel_si
     styles = {n: _style(i) for i, n in enumerate(names)}
     font, small = _font(15), _font(12)
     pw, ph = panel_size
-    cols = max(1, (len(panels) * pw) // 200)  # legend entries per row
-    per_row = max(1, min(len(names), cols))
+    W = pw * len(panels)
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    col_w = max([probe.textlength(n, font=small) for n in names] or [0]) + 60  # swatch + gap
+    per_row = max(1, min(len(names), int(W // col_w)))
     legend_rows = math.ceil(len(names) / per_row) if names else 0
-    W, H = pw * len(panels), ph + 22 * legend_rows + 10
+    H = ph + 22 * legend_rows + 10
     img = Image.new("RGB", (W, H), "white")
     draw = ImageDraw.Draw(img)
     for i, panel in enumerate(panels):
         _draw_panel(draw, (i * pw, 0, (i + 1) * pw, ph), panel, styles, font, small)
-    col_w = W / per_row
+    col_w = W / per_row if per_row else W
     for i, name in enumerate(names):
         r, c = divmod(i, per_row)
         x, y = 10 + c * col_w, ph + 5 + r * 22
