@@ -91,8 +91,14 @@ def read_manifest(out_dir: Union[str, Path]) -> Optional[dict]:
     path = Path(out_dir) / MANIFEST
     if not path.exists():
         return None
-    with open(path) as f:
-        return json.load(f)
+    try:
+        with open(path) as f:
+            man = json.load(f)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc}); delete it and rebuild") from exc
+    if not isinstance(man, dict) or not isinstance(man.get("files"), dict):
+        raise ValueError(f"{path}: not a playground manifest (no 'files' table); delete it and rebuild")
+    return man
 
 
 def status(out_dir: Union[str, Path], seed: int = 0, sizes: Union[None, Sizes, dict] = None) -> Tuple[bool, str]:

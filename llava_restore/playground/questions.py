@@ -18,6 +18,7 @@ from llava_restore.playground.scene import (
 
 YES_NO = ("yes", "no")
 COUNTS = tuple(str(i) for i in range(0, 9))
+PRESENT_COUNT_PROB = 0.8  # counting questions mostly ask about a colour/shape that is present
 
 
 @dataclass(frozen=True)
@@ -312,11 +313,11 @@ def count_query(scene: Scene, rng: random.Random) -> Optional[QA]:
     mode = rng.choice(("shape", "color", "all", "size"))
     if mode == "shape":
         present = sorted({o.shape for o in scene.objects})
-        v = rng.choice(present) if rng.random() < 0.8 else rng.choice(vocab.SHAPES)
+        v = rng.choice(present) if rng.random() < PRESENT_COUNT_PROB else rng.choice(vocab.SHAPES)
         n, q = count(scene, shape=v), f"How many {vocab.PLURALS[v]} are there?"
     elif mode == "color":
         present = sorted({o.color for o in scene.objects})
-        v = rng.choice(present) if rng.random() < 0.8 else rng.choice(sorted(vocab.COLORS))
+        v = rng.choice(present) if rng.random() < PRESENT_COUNT_PROB else rng.choice(sorted(vocab.COLORS))
         n, q = count(scene, color=v), f"How many {v} objects are there?"
     elif mode == "size":
         v = rng.choice(tuple(vocab.SIZES))
@@ -486,6 +487,9 @@ def distractor_pool(qa: QA, scene: Scene, rng: random.Random) -> Tuple[str, ...]
     if qa.kind == "background":
         return tuple(vocab.BACKGROUNDS) + ("white",)
     return qa.choices
+
+
+OPTION_COUNTS = (2, 3, 4, 4)  # number of options of a free multiple-choice question (drawn uniformly)
 
 
 def format_options(options: Sequence[str]) -> str:

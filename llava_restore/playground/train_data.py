@@ -25,7 +25,8 @@ from llava_restore.playground.benchmarks.common import write_scenes
 from llava_restore.playground.benchmarks.mmbench import HINT
 from llava_restore.playground.benchmarks.textvqa import ocr_tokens
 from llava_restore.playground.questions import (
-    QA, answer_text, ask, caption, distractor_pool, format_options, mc_options, sample_questions,
+    OPTION_COUNTS, QA, answer_text, ask, caption, distractor_pool, format_options, mc_options,
+    sample_questions,
 )
 from llava_restore.playground.scene import Scene, sample_scene
 from llava_restore.playground.sink import Sink, stream
@@ -83,7 +84,7 @@ def _mc_turn(scene: Scene, rng: random.Random) -> Optional[Tuple[str, str]]:
     qa = ask(scene, rng, rng.choice(MC_KINDS))
     if qa is None:
         return None
-    opts, ans = mc_options(qa, rng, rng.choice((2, 3, 4, 4)), distractor_pool(qa, scene, rng))
+    opts, ans = mc_options(qa, rng, rng.choice(OPTION_COUNTS), distractor_pool(qa, scene, rng))
     question = qa.question
     if rng.random() < HINT_PROB:
         question = f"{HINT}\n{question}"

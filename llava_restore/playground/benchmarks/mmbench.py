@@ -18,7 +18,7 @@ from typing import List, Optional, Tuple
 
 from llava_restore.playground import config, vocab
 from llava_restore.playground.benchmarks.common import EVAL, redraw, write_scenes
-from llava_restore.playground.questions import QA, ask, distractor_pool, mc_options
+from llava_restore.playground.questions import OPTION_COUNTS, QA, ask, distractor_pool, mc_options
 from llava_restore.playground.scene import Scene
 from llava_restore.playground.sink import Sink, stream
 
@@ -47,7 +47,7 @@ def _question(scene: Scene, rng: random.Random, category: str) -> Optional[Tuple
     qa = ask(scene, rng, rng.choice(kinds))
     if qa is None:
         return None
-    n_opts = rng.choice((2, 3, 4, 4))
+    n_opts = rng.choice(OPTION_COUNTS)
     opts, ans = mc_options(qa, rng, n_opts, distractor_pool(qa, scene, rng))
     return qa, opts, ans
 
