@@ -41,7 +41,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--model-path", default=None, help="shortcut for --set eval.model_path=PATH")
     ap.add_argument("--report-only", action="store_true", help="rebuild the report from the finished runs")
     ap.add_argument("--full-tokens", type=int, default=FULL_TOKENS, help="visual tokens of the unreduced model")
-    ap.add_argument("--sbatch-args", default="", help="extra sbatch options, e.g. '--partition=gpu --time=2:00:00'")
+    ap.add_argument("--sbatch-args", default="",
+                    help="extra sbatch options, written with '=': --sbatch-args='--partition=gpu --time=2:00:00'")
     ap.add_argument("--python", default=None,
                     help="interpreter in the run commands (default: this one locally, 'python' on Slurm)")
     return ap.parse_args(argv)

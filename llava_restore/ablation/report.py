@@ -103,8 +103,14 @@ def _fmt(v, nd=2) -> str:
     return str(v)
 
 
+def label_keys(grid: Grid) -> list[str]:
+    """method, restore, then every other varying key (n_vis is the token axis)."""
+    keys = ["reduction.method", "reduction.restore"] + grid.axis_keys
+    return [k for k in dict.fromkeys(keys) if k != "reduction.n_vis"]
+
+
 def table(grid: Grid, rows: list[Row], benchmarks: list[str]) -> tuple[list[str], list[list]]:
-    keys = [k for k in grid.axis_keys if k != "reduction.n_vis"]
+    keys = label_keys(grid)
     header = ["#"] + [_short(k) for k in keys] + ["tokens"]
     for b in benchmarks:
         header += [f"{b} {main_metric(b)}", f"{b} rel%"]
@@ -163,7 +169,7 @@ def write_plot(grid: Grid, rows: list[Row], benchmarks: list[str], path: Path, f
     has_ref = any(r.run.reference and r.complete for r in rows)
     use_rel = has_ref
     varies_tokens = "reduction.n_vis" in grid.axis_keys
-    keys = [k for k in grid.axis_keys if k != "reduction.n_vis"]
+    keys = label_keys(grid)
 
     def y_of(r: Row, b: Optional[str]):
         if b is None:
