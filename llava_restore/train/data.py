@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch.utils.data import Dataset
 
-from llava_restore.constants import DEFAULT_IMAGE_TOKEN, IGNORE_INDEX
+from llava_restore.constants import DEFAULT_IMAGE_TOKEN, IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from llava_restore.model.conversation import get_conv_template
 from llava_restore.model.mm_utils import load_image, pad_sequences, process_images, tokenizer_image_token
 
@@ -120,7 +120,11 @@ class SupervisedDataset(Dataset):
         ids, labels = tokenize_conversation(rec["conversations"], self.tokenizer, self.conv_mode, where)
         truncated = ids.shape[0] > self.max_length
         if truncated:
+            log.warning("%s: %d tokens truncated to max_length=%d", where, ids.shape[0], self.max_length)
             ids, labels = ids[: self.max_length], labels[: self.max_length]
+            if "image" in rec and not bool((ids == IMAGE_TOKEN_INDEX).any()):
+                raise DataError(f"{where}: truncation to max_length={self.max_length} cuts off the <image> "
+                                f"placeholder; raise max_length")
         image = None
         if "image" in rec:
             try:
