@@ -29,6 +29,16 @@ CATS = ("adversarial", "random", "popular")
 WORDS = ("red square", "blue circle", "green triangle", "cat", "dog", "tree", "car", "house", "bird", "boat")
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One intra-op thread here and in the subprocess: same numerics, and much faster than two
+    spinning threads on a shared 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
     """A tiny random model whose answers depend on the image and the question (weights scaled up)."""
@@ -122,7 +132,7 @@ def test_resume_after_real_kill(reference, ckpt, data, tmp_path):
     out = tmp_path / "answers.jsonl"
     cmd = [sys.executable, "-m", "llava_restore.eval.model_vqa_loader",
            *loader_argv(ckpt, data, out, "--batch-size", "1", *RESTORE)]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     k = 3
     deadline = time.time() + 60
@@ -180,7 +190,7 @@ def test_run_shards_merge_and_result(reference, ckpt, data, tmp_path):
              "--max_new_tokens", MAX_NEW]
 
     def folder(*extra):
-        return run.derive_run_dir(tmp_path, "pope", Path(ckpt).name, _identity(plain + list(extra)))
+        return _run_dir(plain + list(extra))
 
     assert folder(*RESTORE) == run_dir
     assert folder(*RESTORE, "--reduction-opts", "distance_term=false") != run_dir
@@ -188,16 +198,14 @@ def test_run_shards_merge_and_result(reference, ckpt, data, tmp_path):
     assert folder().name.startswith("full-")
 
 
-def _identity(argv):
+def _run_dir(argv):
     from llava_restore.eval.benchmarks import get_adapter, get_benchmark
     from llava_restore.eval.generate import settings_from_args
 
     ap = run.build_parser()
     args = ap.parse_args(argv)
     bench = get_benchmark(args.benchmark)
-    settings = settings_from_args(args, get_adapter(bench.adapter), ap)
-    root = Path(args.data_root) / bench.folder
-    return run.run_identity(bench, args, settings, root / bench.question_file, root / bench.image_folder)
+    return run.resolve_run(args, bench, settings_from_args(args, get_adapter(bench.adapter), ap))[0]
 
 
 def test_missing_image_error_then_skip_flag(ckpt, data, tmp_path):
@@ -327,3 +335,21 @@ def test_mmbench_prompt_options_and_fields(tmp_path):
     assert s0.tail == {"options": ["red", "blue", "green"], "option_char": ["A", "B", "C"]}
     assert s1.head["prompt"] == "What colour?\nA. green\nB. red\nC. blue"  # "nan" hint is empty
     assert s1.image().getpixel((0, 0)) == (255, 0, 0)  # the cell "7" reuses row 7's image
+
+
+PLAYGROUND_MODEL = REPO / "playground" / "cache" / "llava-playground"
+PLAYGROUND_GQA = REPO / "playground" / "data" / "eval" / "gqa"
+
+
+@pytest.mark.skipif(not (PLAYGROUND_MODEL.is_dir() and PLAYGROUND_GQA.is_dir()),
+                    reason="playground model/data absent (python -m llava_restore.playground build && ... train)")
+def test_playground_bs4_equals_bs1_on_50_questions(tmp_path):
+    qf = tmp_path / "q50.jsonl"
+    lines = (PLAYGROUND_GQA / "llava_gqa_testdev_balanced.jsonl").read_text().splitlines(keepends=True)[:50]
+    qf.write_text("".join(lines))
+    base = ["--model-path", str(PLAYGROUND_MODEL), "--question-file", str(qf), "--image-folder",
+            str(PLAYGROUND_GQA / "data" / "images"), "--no-progress", "--device", "cpu", *RESTORE]
+    model_vqa_loader.main(base + ["--answers-file", str(tmp_path / "bs1.jsonl")])
+    model_vqa_loader.main(base + ["--answers-file", str(tmp_path / "bs4.jsonl"), "--batch-size", "4"])
+    assert len(qids(tmp_path / "bs1.jsonl")) == 50
+    assert (tmp_path / "bs1.jsonl").read_bytes() == (tmp_path / "bs4.jsonl").read_bytes()

@@ -224,9 +224,10 @@ class ModelBundle:
         return self.model.lm_head.weight.dtype
 
 
-def add_model_args(ap: argparse.ArgumentParser) -> None:
+def add_model_args(ap: argparse.ArgumentParser, default_model_path: Optional[str] = None) -> None:
     g = ap.add_argument_group("model")
-    g.add_argument("--model-path", required=True, help="checkpoint folder (liuhaotian, llava-hf or LoRA) or hub name")
+    g.add_argument("--model-path", required=default_model_path is None, default=default_model_path,
+                   help="checkpoint folder (liuhaotian, llava-hf or LoRA)")
     g.add_argument("--model-base", default=None, help="base checkpoint of a LoRA --model-path")
     g.add_argument("--vision-tower", default=None, help="local folder replacing the config's mm_vision_tower")
     g.add_argument("--allow-download", action="store_true", help="let the vision tower come from the hub")

@@ -128,6 +128,17 @@ def parse_overrides(items: List[str], parser: argparse.ArgumentParser) -> Dict[s
     return out
 
 
+def resolve_run(args: argparse.Namespace, bench, settings) -> tuple:
+    """(run folder, identity, question file, image folder, ckpt name) of parsed eval.run args."""
+    data_dir = Path(os.path.expanduser(args.data_root)) / bench.folder
+    question_file = Path(args.question_file or data_dir / bench.question_file)
+    image_folder = Path(args.image_folder or data_dir / bench.image_folder)
+    identity = run_identity(bench, args, settings, question_file, image_folder)
+    ckpt = args.ckpt or model_name_from_path(args.model_path)
+    run_dir = Path(args.run_dir) if args.run_dir else derive_run_dir(args.output_root, bench.name, ckpt, identity)
+    return run_dir, identity, question_file, image_folder, ckpt
+
+
 def finalize(bench, samples, key_fn, run_dir: Path, num_chunks: int, files, question_file: Path,
              context: dict) -> dict:
     """Merge the shards (every question exactly once, skipped ones excepted), score, write result.json."""
@@ -177,16 +188,11 @@ def main(argv=None) -> Optional[dict]:
             ap.error("--chunk-idx needs --stage generate (finalize merges all chunks)")
         if not 0 <= args.chunk_idx < args.num_chunks:
             ap.error(f"--chunk-idx {args.chunk_idx} must be in [0, --num-chunks {args.num_chunks})")
-    data_dir = Path(os.path.expanduser(args.data_root)) / bench.folder
-    question_file = Path(args.question_file or data_dir / bench.question_file)
-    image_folder = Path(args.image_folder or data_dir / bench.image_folder)
     try:
         files = resolve_files(bench, Path(os.path.expanduser(args.data_root)), parse_overrides(args.data, ap))
     except ValueError as err:
         ap.error(str(err))
-    identity = run_identity(bench, args, settings, question_file, image_folder)
-    ckpt = args.ckpt or model_name_from_path(args.model_path)
-    run_dir = Path(args.run_dir) if args.run_dir else derive_run_dir(args.output_root, bench.name, ckpt, identity)
+    run_dir, identity, question_file, image_folder, ckpt = resolve_run(args, bench, settings)
     if args.print_run_dir:
         print(run_dir)
         return None
