@@ -6,7 +6,6 @@ its ``result.json``; everything else in the ablation package goes through it.
 from __future__ import annotations
 
 import json
-import os
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -75,7 +74,7 @@ def eval_command(ev: EvalSettings, red: ReductionConfig, benchmark: str, out_roo
 
 def run_folder(command: list[str]) -> Path:
     """The run folder eval.run derives for ``command`` (what ``--print-run-dir`` prints), computed
-    in-process with eval.run's own parser, settings, identity and naming functions."""
+    in-process with eval.run's own parser, settings and ``resolve_run``."""
     from llava_restore.eval import run as er  # noqa: PLC0415  (heavy import, only when needed)
 
     argv = command[command.index(EVAL_MODULE) + 1:]
@@ -86,14 +85,7 @@ def run_folder(command: list[str]) -> Path:
         settings = er.settings_from_args(args, er.get_adapter(bench.adapter), ap)
     except SystemExit:
         raise ValueError(f"eval.run rejects the command {' '.join(argv)} (see the message above)") from None
-    if args.run_dir:
-        return Path(args.run_dir)
-    data_root = Path(os.path.expanduser(args.data_root))
-    question_file = Path(args.question_file or data_root / bench.folder / bench.question_file)
-    image_folder = Path(args.image_folder or data_root / bench.folder / bench.image_folder)
-    identity = er.run_identity(bench, args, settings, question_file, image_folder)
-    ckpt = args.ckpt or er.model_name_from_path(args.model_path)
-    return Path(er.derive_run_dir(args.output_root, bench.name, ckpt, identity))
+    return Path(er.resolve_run(args, bench, settings)[0])
 
 
 def make_tasks(runs: list[GridRun], benchmarks: list[str], out_root: Path, python: str = sys.executable,
