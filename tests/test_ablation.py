@@ -251,3 +251,18 @@ def test_slurm_dry_run_writes_task_file(tmp_path, capsys):
     assert len(lines) == 4 and all(line.startswith("python -m llava_restore.eval.run --benchmark ") for line in lines)
     printed = capsys.readouterr().out
     assert "--array=0-3%3" in printed and "--partition=gpu" in printed and "ABLATE_TASKS=" in printed
+
+
+def test_sbatch_template_runs_its_array_line(tmp_path):
+    import subprocess
+
+    tasks = tmp_path / "tasks.txt"
+    tasks.write_text(f"echo first > {tmp_path}/out\necho 'second task' > {tmp_path}/out\n")
+    env = {**os.environ, "ABLATE_TASKS": str(tasks), "ABLATE_REPO": str(tmp_path), "SLURM_ARRAY_TASK_ID": "1",
+           "ABLATE_VENV": str(tmp_path / "no-venv")}
+    proc = subprocess.run(["bash", str(REPO / "scripts/slurm/ablate.sbatch")], env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "out").read_text() == "second task\n"
+    env["SLURM_ARRAY_TASK_ID"] = "2"
+    proc = subprocess.run(["bash", str(REPO / "scripts/slurm/ablate.sbatch")], env=env, capture_output=True, text=True)
+    assert proc.returncode == 2 and "task 2 does not exist" in proc.stderr
