@@ -76,3 +76,15 @@ def test_image_modes_accepted(tmp_path, mode, tiny_loaded):
     assert rgb.mode == "RGB" and rgb.size == (50, 30)
     px = process_images([rgb], proc, "pad")
     assert px.shape == (1, 3, 96, 96)
+
+
+def test_hub_name_not_cached_is_explicit(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    with pytest.raises(CheckpointError, match=r"liuhaotian/llava-v1.5-7b.*--allow-download"):
+        load_pretrained_model("liuhaotian/llava-v1.5-7b", device="cpu")
+
+
+def test_missing_local_folder(tmp_path):
+    with pytest.raises(CheckpointError, match=r"not found: .*nowhere"):
+        load_pretrained_model(str(tmp_path / "nowhere"), device="cpu")

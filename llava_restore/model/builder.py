@@ -41,6 +41,22 @@ def _dtype(torch_dtype, raw: dict, device: torch.device) -> torch.dtype:
     return getattr(torch, torch_dtype)
 
 
+def resolve_model_path(name_or_path: str, allow_download: bool = False) -> str:
+    """A local folder as is; a hub name through the local HF cache (downloaded only when allowed)."""
+    if os.path.isdir(name_or_path):
+        return name_or_path
+    if os.path.exists(name_or_path) or name_or_path.startswith(("/", "./", "../")) or name_or_path.count("/") != 1:
+        raise CheckpointError(f"checkpoint folder not found: {name_or_path}")
+    from huggingface_hub import snapshot_download
+
+    try:
+        return snapshot_download(name_or_path, local_files_only=not allow_download)
+    except Exception as exc:  # LocalEntryNotFoundError, RepositoryNotFoundError, network errors
+        hint = ("it is not in the local Hugging Face cache; pass a local folder or allow the download "
+                "explicitly with --allow-download") if not allow_download else "the download failed"
+        raise CheckpointError(f"checkpoint {name_or_path!r}: {hint} ({exc.__class__.__name__})") from exc
+
+
 def is_lora_folder(path: str) -> bool:
     return os.path.isfile(os.path.join(path, "adapter_config.json"))
 
@@ -121,6 +137,9 @@ def load_pretrained_model(model_path: str, model_base: str | None = None, model_
     if unused:
         log.debug("ignoring loader kwargs %s", sorted(unused))
     dev = _resolve_device(device_map, device)
+    model_path = resolve_model_path(model_path, allow_download)
+    if model_base is not None:
+        model_base = resolve_model_path(model_base, allow_download)
     if is_lora_folder(model_path):
         return _load_lora(model_path, model_base, dev, torch_dtype, vision_tower, allow_download, attn_implementation)
     raw = read_config_json(model_path)
