@@ -315,7 +315,7 @@ class Trainer:
                     bar.set_postfix(loss=f"{rec['loss']:.4f}", lr=f"{rec['lr']:.2e}")
                 stop_now = cfg.stop_after_steps is not None and st.global_step >= cfg.stop_after_steps
                 done = st.global_step >= self.total_steps
-                if st.global_step % cfg.save_steps == 0 or stop_now:
+                if st.global_step % cfg.save_steps == 0 or stop_now or done:  # done: a requeued job has nothing to redo
                     self.save_checkpoint(os.path.join(cfg.output_dir, f"checkpoint-{st.global_step}"))
                 if stop_now and not done:
                     stopped = True
