@@ -112,7 +112,7 @@ class Trainer:
         self.d = setup_distributed(cfg)
         self.reduction = reduction_for(cfg)
         torch.manual_seed(cfg.seed)  # same LoRA init on every rank
-        dtype = DTYPES[cfg.precision] if cfg.deepspeed else (torch.float32 if cfg.precision == "fp32" else DTYPES[cfg.precision])
+        dtype = DTYPES[cfg.precision]  # the frozen base; trainables: fp32 (plain) or DeepSpeed's master copies
         tok, model, proc, _ = load_pretrained_model(cfg.model_path, cfg.model_base, device=str(self.d.device),
                                                     torch_dtype=dtype, vision_tower=cfg.vision_tower,
                                                     attn_implementation=cfg.attn_implementation)
