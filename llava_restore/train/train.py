@@ -268,9 +268,9 @@ class Trainer:
         os.makedirs(cfg.output_dir, exist_ok=True)
         if cfg.resume:
             ckpt = latest_checkpoint(cfg.output_dir)
-            if ckpt is None:
+            if ckpt is None and d.main:
                 log.warning("--resume: no complete checkpoint in %s; starting from scratch", cfg.output_dir)
-            else:
+            elif ckpt is not None:
                 self.resume_from(ckpt)
         st = self.state
         log_path = os.path.join(cfg.output_dir, LOG_FILE)
