@@ -266,3 +266,21 @@ def test_sbatch_template_runs_its_array_line(tmp_path):
     env["SLURM_ARRAY_TASK_ID"] = "2"
     proc = subprocess.run(["bash", str(REPO / "scripts/slurm/ablate.sbatch")], env=env, capture_output=True, text=True)
     assert proc.returncode == 2 and "task 2 does not exist" in proc.stderr
+
+
+def test_commands_carry_the_resolved_config_to_eval_run():
+    """eval.run, parsing each task's command, builds exactly the grid's resolved ReductionConfig."""
+    from llava_restore.eval import run as er
+
+    for name in ("main", "calibration", "positions", "anchors"):
+        g = load_grid(REPO / "ablations" / f"{name}.yaml")
+        for t in make_tasks(g.runs, ["gqa"], Path("/tmp/unused"), folder_fn=lambda cmd: Path(" ".join(cmd))):
+            ap = er.build_parser()
+            args = ap.parse_args(t.command[t.command.index("llava_restore.eval.run") + 1:])
+            settings = er.settings_from_args(args, er.get_adapter("loader"), ap)
+            expected = g.runs[t.run_index].settings.reduction
+            if expected.method == "none":
+                assert settings.reduction is None
+            else:
+                assert settings.reduction == expected, (name, t.command)
+            assert args.batch_size == g.runs[t.run_index].settings.eval.batch_size
