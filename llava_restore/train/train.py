@@ -118,9 +118,11 @@ class Trainer:
                                                     attn_implementation=cfg.attn_implementation)
         self.tokenizer, self.processor = tok, proc
         model.model.gradient_checkpointing = cfg.gradient_checkpointing
-        base_name = cfg.model_base if cfg.model_base else cfg.model_path
+        base_name = cfg.model_base if cfg.model_base else cfg.model_path  # recorded in adapter_config.json
+        if os.path.isdir(base_name):
+            base_name = os.path.abspath(base_name)
         self.peft = apply_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, list(cfg.lora_target_modules),
-                               cfg.tune_mm_projector, os.path.abspath(base_name))
+                               cfg.tune_mm_projector, base_name)
         if not cfg.deepspeed:  # trainables in fp32 (autocast does the low-precision maths)
             for p in self.peft.parameters():
                 if p.requires_grad:
