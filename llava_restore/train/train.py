@@ -118,7 +118,7 @@ class Trainer:
                                                     attn_implementation=cfg.attn_implementation)
         self.tokenizer, self.processor = tok, proc
         model.model.gradient_checkpointing = cfg.gradient_checkpointing
-        base_name = cfg.model_base if cfg.model_base else cfg.model_path  # recorded in adapter_config.json
+        base_name = cfg.model_path  # recorded in adapter_config.json (a LoRA model_path: merge it first to use the result)
         if os.path.isdir(base_name):
             base_name = os.path.abspath(base_name)
         self.peft = apply_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, list(cfg.lora_target_modules),
