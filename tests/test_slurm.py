@@ -240,3 +240,93 @@ def test_requeued_shard_resumes_without_duplicates_or_gaps(cluster, model, playg
     ids = qids(playground / "eval" / "pope" / "llava_pope_test.jsonl")
     assert qids(run_dir / "answers.jsonl") == ids  # no duplicates, no gaps
     assert (run_dir / "answers.jsonl").read_bytes() == (reference / "answers.jsonl").read_bytes()
+
+
+# ----------------------------------------------------------------------------- fine-tuning
+FT_STEPS = 16
+
+
+def test_finetune_two_srun_ranks_requeued_resumes(cluster, model, playground, tmp_path):
+    """finetune.sbatch: 2 Slurm tasks = 2 DeepSpeed ZeRO-2 ranks on CPU (gloo), LoRA steps with
+    DivPrune-64 + RESTORE; requeued after its first checkpoint, it resumes from the newest one."""
+    out, log = tmp_path / "lora", tmp_path / "finetune.out"
+    env = {"MODEL_PATH": model, "DATA_PATH": playground / "train" / "llava_playground_train.json",
+           "IMAGE_FOLDER": playground, "OUTPUT_DIR": out, "DS_CONFIG": "./scripts/zero2.json"}
+    export = "ALL," + ",".join(f"{k}={v}" for k, v in env.items())
+    job = sh(cluster, "sbatch", "--parsable", "--ntasks-per-node=2", "--gres=none", "--mem=4G", "--cpus-per-task=1",
+             f"--output={log}", f"--export={export}", SLURM_DIR / "finetune.sbatch",
+             f"max_steps={FT_STEPS}", "save_steps=2", "micro_batch_size=2", "lora_r=4", "lora_alpha=8",
+             "report_to=none", "--reduction", "divprune", "--n-vis", "64", "--restore").stdout.strip()
+
+    def first_checkpoint():
+        return [p for p in out.glob("checkpoint-*") if (p / "trainer_state.json").is_file()]
+
+    wait_for(first_checkpoint, "the first complete checkpoint", poll=0.02)
+    sh(cluster, "scontrol", "suspend", job)
+    seen = max(int(p.name.split("-")[1]) for p in first_checkpoint())
+    assert seen < FT_STEPS and not (out / "trainer_state.json").exists(), "the job finished before the requeue"
+    sh(cluster, "scontrol", "resume", job)
+    sh(cluster, "scontrol", "requeue", job)
+    done = wait_jobs(cluster, job, logs=tmp_path)
+    assert done[job] == {job: "COMPLETED"}, log.read_text()[-3000:]
+    (rec,) = job_records(cluster, job)
+    assert rec["Restarts"] == "1"
+    text = log.read_text()  # both attempts (--open-mode=append)
+    assert "(restart 0): srun on 1 node(s)" in text and "(restart 1): srun on 1 node(s)" in text
+    resumed = int(re.search(r"resumed from \S+checkpoint-(\d+) at step (\d+)", text).group(2))
+    assert seen <= resumed < FT_STEPS
+    state = json.loads((out / "trainer_state.json").read_text())
+    assert state["world_size"] == 2 and state["global_step"] == FT_STEPS
+    steps = [json.loads(line)["step"] for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, FT_STEPS + 1))  # the killed attempt's extra lines were dropped
+    assert (out / "adapter_model.safetensors").is_file() and (out / f"checkpoint-{FT_STEPS}" / "trainer_state.json").is_file()
+
+
+@pytest.mark.parametrize("launcher,ds_config", [("torchrun", "none"), ("deepspeed", "./scripts/zero3.json")])
+def test_finetune_one_task_per_node_launchers(cluster, model, playground, tmp_path, launcher, ds_config):
+    """LAUNCHER=torchrun (plain DDP) and LAUNCHER=deepspeed (ZeRO-3): one Slurm task on the node
+    starts GPUS_PER_NODE=2 ranks (on CPU, gloo)."""
+    out, log = tmp_path / "lora", tmp_path / "finetune.out"
+    env = {"MODEL_PATH": model, "DATA_PATH": playground / "train" / "llava_playground_train.json",
+           "IMAGE_FOLDER": playground, "OUTPUT_DIR": out, "DS_CONFIG": ds_config, "LAUNCHER": launcher,
+           "GPUS_PER_NODE": 2}
+    export = "ALL," + ",".join(f"{k}={v}" for k, v in env.items())
+    job = sh(cluster, "sbatch", "--parsable", "--ntasks-per-node=1", "--cpus-per-task=2", "--gres=none", "--mem=4G",
+             f"--output={log}", f"--export={export}", SLURM_DIR / "finetune.sbatch",
+             "max_steps=2", "save_steps=2", "micro_batch_size=2", "lora_r=4", "lora_alpha=8", "report_to=none").stdout.strip()
+    done = wait_jobs(cluster, job, logs=tmp_path)
+    assert done[job] == {job: "COMPLETED"}, log.read_text()[-3000:]
+    assert f"{launcher} on 1 node(s)" in log.read_text()
+    state = json.loads((out / "trainer_state.json").read_text())
+    assert state["world_size"] == 2 and state["global_step"] == 2
+    assert (out / "checkpoint-2" / "trainer_state.json").is_file() and (out / "adapter_model.safetensors").is_file()
+
+
+# ----------------------------------------------------------------------------- ablations
+def test_ablation_grid_through_slurm(cluster, model, playground, reference, tmp_path):
+    out = tmp_path / "ablations"
+    grid = REPO / "ablations" / "smoke.yaml"  # the full-token run and DivPrune+RESTORE at 64
+    common = [sys.executable, "-m", "llava_restore.ablate", grid, "--benchmarks", "pope", "--out", out,
+              "--model-path", model, "--set", f"eval.data_root={playground / 'eval'}", "--set", "eval.max_new_tokens=3",
+              "--set", "eval.device=cpu", "--set", "eval.batch_size=4"]
+    proc = sh(cluster, *common, "--launcher", "slurm", f"--sbatch-args={' '.join(LOCAL_RES)}")
+    job = re.search(r"submitted array job (\d+)", proc.stdout).group(1)
+    logs = out / "grids" / "smoke" / "slurm"
+    done = wait_jobs(cluster, job, logs=logs)
+    assert done[job] == {"0": "COMPLETED", "1": "COMPLETED"}, log_tails(logs)
+    assert "nothing to run" in sh(cluster, *common, "--launcher", "slurm", "--dry-run").stdout  # both finished
+    sh(cluster, *common, "--report-only")
+    (restore_run,) = (out / "pope").glob("*/divprune-n64-restore-*")
+    assert (restore_run / "answers.jsonl").read_bytes() == (reference / "answers.jsonl").read_bytes()
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tb = out / "grids" / "smoke" / "tb"
+    runs = sorted(p for p in tb.iterdir() if p.is_dir())
+    assert len(runs) == 2
+    f1 = set()
+    for run in runs:
+        acc = EventAccumulator(str(run))
+        acc.Reload()
+        f1.add(round(acc.Scalars("pope/mean_f1")[0].value, 4))
+    results = [json.loads(p.read_text())["metrics"]["mean_f1"] for p in (out / "pope").glob("*/*/result.json")]
+    assert len(results) == 2 and f1 == {round(v, 4) for v in results}

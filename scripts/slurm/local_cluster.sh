@@ -29,12 +29,13 @@ export SLURM_CONF="$CONF"
 say() { echo "[local_cluster] $*" >&2; }
 cannot() { say "cannot start a local Slurm cluster: $*"; exit "$CANNOT"; }
 
-pid_alive() {  # pid_alive FILE: the pid in FILE runs
-    [ -s "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null
+pid_alive() {  # pid_alive NAME: the pid in $DIR/run/NAME.pid runs and is NAME (not a reused pid)
+    local f="$DIR/run/$1.pid"
+    [ -s "$f" ] && [ "$(cat "/proc/$(cat "$f")/comm" 2>/dev/null)" = "$1" ]
 }
 
 answers() {  # the controller answers and the node is usable
-    command -v sinfo >/dev/null 2>&1 && [ -f "$CONF" ] || return 1
+    command -v sinfo >/dev/null 2>&1 && [ -f "$CONF" ] && pid_alive slurmctld || return 1
     local state
     state=$(timeout 10 sinfo -h -N -o '%t' 2>/dev/null | head -n1) || return 1
     case "$state" in idle*|mix*|alloc*|comp*) return 0 ;; *) return 1 ;; esac
@@ -108,7 +109,7 @@ EOF
 
 start_munge() {
     local pidf="$DIR/run/munged.pid"
-    pid_alive "$pidf" && return 0
+    pid_alive munged && return 0
     mkdir -p "$DIR/munge"
     chmod 755 "$DIR/munge"  # clients reach the socket; the key itself is mode 400
     if [ ! -s "$DIR/munge/munge.key" ]; then
@@ -125,18 +126,18 @@ start_munge() {
 
 start_daemon() {  # start_daemon NAME: slurmctld or slurmd
     local name=$1
-    pid_alive "$DIR/run/$name.pid" && return 0
+    pid_alive "$name" && return 0
     "$name" -f "$CONF" || { say "$name failed to start; log: $DIR/log/$name.log"; tail -n 10 "$DIR/log/$name.log" >&2; exit 1; }
 }
 
 cmd_start() {
-    if answers && pid_alive "$DIR/run/slurmctld.pid" && pid_alive "$DIR/run/slurmd.pid"; then
+    if answers && pid_alive slurmd; then
         say "already running (SLURM_CONF=$CONF)"
         return 0
     fi
     [ "$(id -u)" -eq 0 ] || cannot "not running as root (the one-node set-up runs slurmd and the jobs as root)"
     ensure_installed
-    if ! pid_alive "$DIR/run/slurmctld.pid"; then
+    if ! pid_alive slurmctld; then
         write_conf
     fi
     start_munge
@@ -158,7 +159,7 @@ stop_pid() {  # stop_pid NAME: SIGTERM the pid in its pid file, SIGKILL after 10
     local f="$DIR/run/$1.pid" pid
     [ -s "$f" ] || return 0
     pid=$(cat "$f")
-    if kill -0 "$pid" 2>/dev/null; then
+    if pid_alive "$1"; then
         kill "$pid"
         for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
         if kill -0 "$pid" 2>/dev/null; then
@@ -199,7 +200,7 @@ cmd_status() {
     fi
     echo "local Slurm cluster not answering (SLURM_CONF=$CONF)"
     for d in munged slurmctld slurmd; do
-        if pid_alive "$DIR/run/$d.pid"; then echo "  $d: running (pid $(cat "$DIR/run/$d.pid"))"; else echo "  $d: not running"; fi
+        if pid_alive "$d"; then echo "  $d: running (pid $(cat "$DIR/run/$d.pid"))"; else echo "  $d: not running"; fi
     done
     return 1
 }
