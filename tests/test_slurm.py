@@ -71,9 +71,10 @@ def job_records(env, job: str) -> list[dict]:
     return [dict(re.findall(r"(\w+)=(\S*)", line)) for line in out.splitlines() if line.strip()]
 
 
-def states(env, job: str) -> dict[str, str]:
-    """Task id (array index, else job id) -> JobState."""
-    return {r.get("ArrayTaskId") or r["JobId"]: r["JobState"] for r in job_records(env, job)}
+def states(env, job: str, reasons: bool = False) -> dict[str, str]:
+    """Task id (array index, else job id) -> JobState (with its Reason if ``reasons``)."""
+    return {r.get("ArrayTaskId") or r["JobId"]: r["JobState"] + (f" ({r.get('Reason')})" if reasons else "")
+            for r in job_records(env, job)}
 
 
 def wait_jobs(env, *jobs: str, logs: Path | None = None, timeout: float = WAIT_S) -> dict[str, dict[str, str]]:
@@ -83,7 +84,9 @@ def wait_jobs(env, *jobs: str, logs: Path | None = None, timeout: float = WAIT_S
         if all(s in TERMINAL for st in now.values() for s in st.values()):
             return now
         if time.monotonic() > deadline:
-            raise AssertionError(f"jobs {now} not finished after {timeout} s\n{log_tails(logs)}")
+            now = {j: states(env, j, reasons=True) for j in jobs}
+            node = sh(env, "scontrol", "-o", "show", "node").stdout.strip()
+            raise AssertionError(f"jobs {now} not finished after {timeout} s\nnode: {node}\n{log_tails(logs)}")
         time.sleep(0.5)
 
 

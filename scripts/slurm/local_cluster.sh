@@ -15,7 +15,7 @@
 # printed); 1 anything else (see the logs under $LOCAL_SLURM_DIR/log).
 #
 # Environment: LOCAL_SLURM_DIR, LOCAL_SLURM_PORT (slurmctld port, slurmd uses +1; default 6817),
-# LOCAL_SLURM_CPUS (CPUs of the node; default nproc).  How it differs from a real cluster: docs/cluster.md.
+# LOCAL_SLURM_CPUS (CPUs of the node; default nproc, at least 2).  How it differs from a real cluster: docs/cluster.md.
 set -euo pipefail
 
 DIR="${LOCAL_SLURM_DIR:-/tmp/llava-restore-slurm}"
@@ -61,7 +61,9 @@ ensure_installed() {
 write_conf() {
     local host cpus mem_mb
     host=$(hostname -s)
-    cpus="${LOCAL_SLURM_CPUS:-$(nproc)}"
+    # (GNU nproc obeys OMP_NUM_THREADS, which the tests set to 1; the node needs >= 2 CPUs for 2-rank jobs)
+    cpus="${LOCAL_SLURM_CPUS:-$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)}"
+    [ "$cpus" -ge 2 ] || cpus=2
     mem_mb=$(( $(awk '/^MemTotal:/ {print $2}' /proc/meminfo) * 9 / 10 / 1024 ))  # slurmd drains the node if it reports less
     mkdir -p "$DIR/etc" "$DIR/state" "$DIR/spool" "$DIR/run" "$DIR/log"
     cat >"$CONF.tmp" <<EOF
@@ -84,6 +86,8 @@ SlurmctldLogFile=$DIR/log/slurmctld.log
 SlurmdLogFile=$DIR/log/slurmd.log
 SlurmctldDebug=info
 SlurmdDebug=info
+# the node's CPUs come from this file, not from the hardware (LOCAL_SLURM_CPUS may exceed nproc)
+SlurmdParameters=config_overrides
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 SelectType=select/cons_tres
