@@ -28,9 +28,12 @@ evaluate() {  # evaluate BENCH CKPT_NAME FLAGS... -> prints the run folder
 
 rows=()
 for restore in 0 1; do
-    tag="$REDUCTION-n$N_VIS$([ "$restore" = 1 ] && echo -restore)"
+    tag="$REDUCTION-n$N_VIS"
     red=(--reduction "$REDUCTION" --n-vis "$N_VIS")
-    [ "$restore" = 1 ] && red+=(--restore)
+    if [ "$restore" = 1 ]; then
+        tag="$tag-restore"
+        red+=(--restore)
+    fi
     lora="$OUT/lora-$tag"
     if [ ! -f "$lora/adapter_config.json" ] || [ ! -f "$lora/trainer_state.json" ]; then
         MODEL_PATH="$BASE" OUTPUT_DIR="$lora" REDUCTION="$REDUCTION" N_VIS="$N_VIS" RESTORE="$restore" \

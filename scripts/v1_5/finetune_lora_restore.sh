@@ -28,9 +28,12 @@ cd "$(dirname "$0")/../.."
 REDUCTION="${REDUCTION:-divprune}"
 N_VIS="${N_VIS:-64}"
 RESTORE="${RESTORE:-1}"
-TAG="${REDUCTION}-n${N_VIS}$([ "$RESTORE" = 1 ] && echo -restore)"
+TAG="${REDUCTION}-n${N_VIS}"
 RED_ARGS=(--reduction "$REDUCTION" --n-vis "$N_VIS")
-[ "$RESTORE" = 1 ] && RED_ARGS+=(--restore)
+if [ "$RESTORE" = 1 ]; then
+    TAG="$TAG-restore"
+    RED_ARGS+=(--restore)
+fi
 
 n_gpus=0
 if command -v nvidia-smi >/dev/null 2>&1; then
