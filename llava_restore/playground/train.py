@@ -3,8 +3,15 @@
     python -m llava_restore.playground train [--data playground/data] [--out playground/cache/llava-playground]
 
 A CLIP-style ViT (96x96 images, 4x4 patches -> 24x24 = 576 visual tokens, LLaVA-1.5's geometry),
-the mlp2x_gelu projector and a LLaMA decoder with RoPE, trained jointly on the playground's
-conversation JSON.  Saves a liuhaotian-format checkpoint (vision tower in a local sub-folder) that
+the mlp2x_gelu projector and a LLaMA decoder with RoPE, trained in two stages:
+
+1. the ViT alone, with per-patch colour / shape / size classification from the scenes' ground
+   truth (a stand-in for CLIP's pre-training: without it the jointly trained model settles on
+   the text prior and ignores the image);
+2. LLaVA-style: the ViT frozen, the projector (rescaled so visual tokens start at the text
+   embeddings' scale) and the decoder trained on the playground's conversation JSON.
+
+Saves a liuhaotian-format checkpoint (vision tower in a local sub-folder) that
 ``load_pretrained_model`` loads; logs loss/lr/throughput to TensorBoard; shows a progress bar.
 """
 from __future__ import annotations
@@ -55,6 +62,13 @@ class PlaygroundTrainConfig:
     threads: int = 0  # 0 = torch default
     tb_dir: str = "runs/playground-train"
     log_every: int = 10
+    # stage 1: dense patch supervision of the ViT (our stand-in for CLIP pre-training)
+    vision_pretrain_steps: int = 300
+    vision_pretrain_batch: int = 32
+    vision_lr: float = 2e-3
+    # stage 2: LLaVA-style, vision tower frozen; projector rescaled to the text-embedding scale
+    freeze_vision: bool = True
+    projector_rescale: bool = True
 
 
 def lr_at(step: int, cfg: PlaygroundTrainConfig) -> float:
@@ -62,6 +76,79 @@ def lr_at(step: int, cfg: PlaygroundTrainConfig) -> float:
         return cfg.lr * (step + 1) / cfg.warmup
     t = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
     return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+
+
+def patch_labels(scene: dict, grid: int, patch: int) -> torch.Tensor:
+    """(3, grid*grid) long: colour, shape (text = its own class) and size of what covers each
+    patch centre (0 = background), from the scene's ground truth."""
+    from llava_restore.playground import vocab
+
+    colors, shapes, sizes = list(vocab.COLORS), list(vocab.SHAPES) + ["text"], ["small", "large"]
+    lab = torch.zeros(3, grid, grid, dtype=torch.long)
+    items = [(o["x"], o["y"], o["w"], o["w"], o["color"], o["shape"], o["size"]) for o in scene["objects"]]
+    items += [(t["x"], t["y"], t["w"], t["h"], t["color"], "text", None) for t in scene["texts"]]
+    centres = torch.arange(grid) * patch + patch // 2
+    for x, y, w, h, color, shape, size in items:
+        rows = (centres >= y) & (centres < y + h)
+        cols = (centres >= x) & (centres < x + w)
+        m = rows[:, None] & cols[None, :]
+        lab[0][m] = colors.index(color) + 1
+        lab[1][m] = shapes.index(shape) + 1
+        lab[2][m] = 0 if size is None else sizes.index(size) + 1
+    return lab.flatten(1)
+
+
+def pretrain_vision(model, proc, cfg: PlaygroundTrainConfig, writer) -> float:
+    """Stage 1: per-patch colour/shape/size classification on the ViT's selected-layer features."""
+    from llava_restore.model.mm_utils import load_image, process_images
+    from llava_restore.playground import vocab
+
+    tower = model.get_vision_tower()
+    grid = tower.grid_hw[0]
+    with open(os.path.join(cfg.data, "scenes", "train.jsonl")) as f:
+        scenes = [json.loads(line) for line in f]
+    heads = torch.nn.ModuleList([torch.nn.Linear(tower.hidden_size, n + 1) for n in
+                                 (len(vocab.COLORS), len(vocab.SHAPES) + 1, 2)])
+    params = list(tower.parameters()) + list(heads.parameters())
+    opt = torch.optim.AdamW(params, lr=cfg.vision_lr, betas=(0.9, 0.98))
+    gen = torch.Generator().manual_seed(cfg.seed + 1)
+    tower.train()
+    loss_v = float("nan")
+    for step in tqdm(range(cfg.vision_pretrain_steps), desc="stage 1: ViT patch pre-training", unit="step"):
+        idx = torch.randint(len(scenes), (cfg.vision_pretrain_batch,), generator=gen).tolist()
+        imgs = [load_image(os.path.join(cfg.data, scenes[i]["image"])) for i in idx]
+        px = process_images(imgs, proc, "pad")
+        labels = torch.stack([patch_labels(scenes[i]["scene"], grid, tower.config.patch_size) for i in idx])  # (B, 3, N)
+        feats = tower(px).features  # (B, N, Dv)
+        lr = cfg.vision_lr * min(1.0, (step + 1) / 30) * 0.5 * (1 + math.cos(math.pi * step / cfg.vision_pretrain_steps))
+        for g in opt.param_groups:
+            g["lr"] = lr
+        loss = sum(torch.nn.functional.cross_entropy(h(feats).flatten(0, 1), labels[:, k].flatten())
+                   for k, h in enumerate(heads))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        loss_v = loss.item()
+        if (step + 1) % cfg.log_every == 0:
+            writer.add_scalar("vision_pretrain/loss", loss_v, step + 1)
+    tower.eval()
+    return loss_v
+
+
+@torch.no_grad()
+def rescale_projector(model, proc, cfg: PlaygroundTrainConfig) -> float:
+    """Scale the projector's last layer so visual tokens start at the text embeddings' scale."""
+    from llava_restore.model.mm_utils import load_image, process_images
+
+    with open(os.path.join(cfg.data, "scenes", "train.jsonl")) as f:
+        paths = [json.loads(line)["image"] for _, line in zip(range(16), f)]
+    px = process_images([load_image(os.path.join(cfg.data, p)) for p in paths], proc, "pad")
+    _, proj, _ = model.encode_images(px)
+    factor = model.model.embed_tokens.weight.std().item() / proj.std().item()
+    last = [m for m in model.model.mm_projector.modules() if isinstance(m, torch.nn.Linear)][-1]
+    last.weight.mul_(factor)
+    last.bias.mul_(factor)
+    return factor
 
 
 def ensure_data(cfg: PlaygroundTrainConfig) -> None:
@@ -90,12 +177,21 @@ def train(cfg: PlaygroundTrainConfig) -> dict:
                         num_workers=0, drop_last=True)
     n_params = sum(p.numel() for p in model.parameters())
     print(f"playground model: {n_params / 1e6:.2f}M parameters; {len(ds)} training records; {cfg.steps} steps")
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
     writer = SummaryWriter(cfg.tb_dir)
+    t_start = time.time()
+    vision_loss = pretrain_vision(model, proc, cfg, writer) if cfg.vision_pretrain_steps > 0 else None
+    t_stage1 = time.time() - t_start
+    if cfg.freeze_vision:
+        model.get_vision_tower().requires_grad_(False)
+    scale = rescale_projector(model, proc, cfg) if cfg.projector_rescale else 1.0
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
     model.train()
+    if cfg.freeze_vision:
+        model.get_vision_tower().eval()
     step, t0, tokens, losses = 0, time.time(), 0, []
     n_trunc = 0
-    bar = tqdm(total=cfg.steps, desc="train playground", unit="step")
+    bar = tqdm(total=cfg.steps, desc="stage 2: LLaVA training", unit="step")
     while step < cfg.steps:
         for batch in loader:
             if step >= cfg.steps:
@@ -105,7 +201,7 @@ def train(cfg: PlaygroundTrainConfig) -> dict:
             out = model(batch["input_ids"], batch["attention_mask"], batch["images"], labels=batch["labels"])
             opt.zero_grad(set_to_none=True)
             out.loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
             opt.step()
             n_trunc += batch["n_truncated"]
             tokens += int(out.prepared.valid.sum())
@@ -119,11 +215,12 @@ def train(cfg: PlaygroundTrainConfig) -> dict:
                 writer.add_scalar("train/lr", lr_at(step - 1, cfg), step)
                 writer.add_scalar("train/tokens_per_s", tokens / el, step)
     bar.close()
-    elapsed = time.time() - t0
+    elapsed = time.time() - t_start
     writer.close()
     model.eval()
     save_pretrained(model, cfg.out, tokenizer=tok, image_processor=proc, fmt="liuhaotian")
-    summary = {"steps": cfg.steps, "train_seconds": round(elapsed, 1), "params": n_params,
+    summary = {"steps": cfg.steps, "train_seconds": round(elapsed, 1), "stage1_seconds": round(t_stage1, 1),
+               "stage1_final_loss": vision_loss, "projector_scale": scale, "params": n_params,
                "final_loss": sum(losses[-20:]) / len(losses[-20:]), "first_loss": losses[0],
                "truncated_records": n_trunc, "config": asdict(cfg)}
     with open(os.path.join(cfg.out, "train_summary.json"), "w") as f:

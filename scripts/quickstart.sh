@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The README's main job, self-sufficient on a fresh machine (CPU is enough):
+#   1. set up .venv and install the project;
+#   2. build the playground data and get the playground mini-LLaVA (committed; trained if absent);
+#   3. evaluate full tokens and DivPrune / VisPruner / HoloV at 64/128/192 tokens, with and
+#      without RESTORE, on the playground GQA- and POPE-style sets (ablations/main.yaml);
+#   4. print the table (accuracy, relative to full, prefill ms) and log to TensorBoard.
+# Rerunning skips the finished runs. OUT=runs/quickstart by default.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+start=$(date +%s)
+bash scripts/setup_env.sh
+. .venv/bin/activate
+export TOKENIZERS_PARALLELISM=false
+OUT=${OUT:-runs/quickstart}
+MODEL=${MODEL:-playground/cache/llava-playground}
+
+python -m llava_restore.playground build
+if [ ! -f "$MODEL/config.json" ]; then
+  echo "no playground checkpoint at $MODEL: training it (about 15-20 min on 2 CPU cores)"
+  python -m llava_restore.playground train --out "$MODEL"
+fi
+# two runs at a time, one thread each: faster than one two-thread run on 2 cores
+OMP_NUM_THREADS=1 python -m llava_restore.ablate ablations/main.yaml --benchmarks gqa,pope \
+  --model-path "$MODEL" --out "$OUT" --parallel "${PARALLEL:-2}"
+echo
+cat "$OUT/grids/main/summary.md"
+echo
+echo "TensorBoard: tensorboard --logdir $OUT/grids/main/tb    (plot: $OUT/grids/main/accuracy_vs_tokens.png)"
+echo "quickstart wall time: $(( $(date +%s) - start )) s"
