@@ -21,7 +21,7 @@ from pathlib import Path
 
 from llava_restore.ablation.grid import Grid, GridError, describe, load_grid
 from llava_restore.ablation.launch import run_local, sbatch_command, submit, write_task_file
-from llava_restore.ablation.report import collect, write_plot, write_tables, write_tensorboard
+from llava_restore.ablation.report import collect, metric_names, write_plot, write_tables, write_tensorboard
 from llava_restore.ablation.runs import Task, make_tasks, pending_tasks
 
 FULL_TOKENS = 576  # LLaVA-1.5's 24 x 24 patch grid (the playground uses the same geometry)
@@ -40,6 +40,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help="override a fixed setting of every run, e.g. eval.batch_size=8 (repeatable)")
     ap.add_argument("--model-path", default=None, help="shortcut for --set eval.model_path=PATH")
     ap.add_argument("--report-only", action="store_true", help="rebuild the report from the finished runs")
+    ap.add_argument("--metric", action="append", default=[], metavar="BENCH=KEY",
+                    help="report result.json metric KEY for BENCH instead of eval's main metric, e.g. pope=mean_acc")
     ap.add_argument("--full-tokens", type=int, default=FULL_TOKENS, help="visual tokens of the unreduced model")
     ap.add_argument("--sbatch-args", default="",
                     help="extra sbatch options, written with '=': --sbatch-args='--partition=gpu --time=2:00:00'")
@@ -71,11 +73,11 @@ def print_plan(grid: Grid, tasks: list[Task]) -> None:
         print(f"  [{i:3d}] {state}  {t.benchmark:8s} {describe(grid.runs[t.run_index])}  -> {t.folder}")
 
 
-def report(grid: Grid, tasks: list[Task], benchmarks: list[str], grid_dir: Path, full_tokens: int) -> Path:
-    rows = collect(grid, tasks, benchmarks, full_tokens)
-    md, csv_path = write_tables(grid, rows, benchmarks, grid_dir)
-    png = write_plot(grid, rows, benchmarks, grid_dir / "accuracy_vs_tokens.png", full_tokens)
-    tb = write_tensorboard(grid, rows, benchmarks, grid_dir / "tb")
+def report(grid: Grid, tasks: list[Task], names: dict[str, str], grid_dir: Path, full_tokens: int) -> Path:
+    rows = collect(grid, tasks, names, full_tokens)
+    md, csv_path = write_tables(grid, rows, names, grid_dir)
+    png = write_plot(grid, rows, names, grid_dir / "accuracy_vs_tokens.png", full_tokens)
+    tb = write_tensorboard(grid, rows, names, grid_dir / "tb")
     print(md.read_text(encoding="utf-8"))
     print(f"wrote {md}, {csv_path}, {png}; TensorBoard: tensorboard --logdir {tb}")
     return md
@@ -87,7 +89,11 @@ def main(argv=None) -> int:
     try:
         grid = load_grid(args.grid, overrides)
         benchmarks = pick_benchmarks(args.benchmarks, grid)
-    except GridError as exc:
+        bad = [m for m in args.metric if "=" not in m]
+        if bad:
+            raise GridError(f"--metric {bad[0]!r} is not of the form BENCH=KEY")
+        names = metric_names(benchmarks, dict(m.split("=", 1) for m in args.metric))
+    except (GridError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     out = Path(args.out)
@@ -96,14 +102,14 @@ def main(argv=None) -> int:
     tasks = make_tasks(grid.runs, benchmarks, out, python=python)
     print_plan(grid, tasks)
     if args.report_only:
-        report(grid, tasks, benchmarks, grid_dir, args.full_tokens)
+        report(grid, tasks, names, grid_dir, args.full_tokens)
         return 0
     pending = pending_tasks(tasks)
 
     if args.launcher == "slurm":
         if not pending:
             print("nothing to run")
-            report(grid, tasks, benchmarks, grid_dir, args.full_tokens)
+            report(grid, tasks, names, grid_dir, args.full_tokens)
             return 0
         task_file = write_task_file(pending, grid_dir / "slurm" / "tasks.txt")
         (grid_dir / "slurm" / "tasks.json").write_text(json.dumps(
@@ -117,7 +123,8 @@ def main(argv=None) -> int:
             job = submit(cmd)
             print(f"submitted array job {job}")
         again = ["python", "-m", "llava_restore.ablate", args.grid, "--benchmarks", ",".join(benchmarks),
-                 "--out", args.out, "--report-only"] + [x for o in overrides for x in ("--set", o)]
+                 "--out", args.out, "--report-only"] + [x for o in overrides for x in ("--set", o)] \
+            + [x for m in args.metric for x in ("--metric", m)]
         print("when it has finished, build the report with:\n  " + shlex.join(again))
         return 0
 
@@ -129,7 +136,7 @@ def main(argv=None) -> int:
     else:
         print("nothing to run: every task has a result")
         failed = []
-    report(grid, tasks, benchmarks, grid_dir, args.full_tokens)
+    report(grid, tasks, names, grid_dir, args.full_tokens)
     for o in failed:
         print(f"FAILED: {o.task.benchmark} {describe(grid.runs[o.task.run_index])} (rc={o.returncode}); log: {o.log}",
               file=sys.stderr)

@@ -284,3 +284,23 @@ def test_commands_carry_the_resolved_config_to_eval_run():
             else:
                 assert settings.reduction == expected, (name, t.command)
             assert args.batch_size == g.runs[t.run_index].settings.eval.batch_size
+
+
+def test_report_metric_override_and_undefined_metric(tmp_path, capsys):
+    """A run whose main metric is undefined (POPE F1 when nothing is answered "yes") is done, not
+    missing; --metric pope=mean_acc reports another metric of result.json."""
+    out = tmp_path / "runs"
+    grid = REPO / "ablations" / "smoke.yaml"
+    tasks = make_tasks(load_grid(grid).runs, ["pope"], out)
+    for t, acc in zip(tasks, (50.0, 40.0)):
+        t.folder.mkdir(parents=True)
+        (t.folder / "result.json").write_text(json.dumps({"metrics": {"mean_f1": None, "mean_acc": acc}}))
+    assert ablate.main([str(grid), "--benchmarks", "pope", "--out", str(out), "--report-only"]) == 0
+    rows = [line.split(",") for line in (out / "grids/smoke/summary.csv").read_text().splitlines()]
+    assert rows[0][4] == "pope mean_f1" and [r[4] for r in rows[1:]] == ["", ""] and [r[-1] for r in rows[1:]] == ["done"] * 2
+    assert ablate.main([str(grid), "--benchmarks", "pope", "--out", str(out), "--report-only",
+                        "--metric", "pope=mean_acc"]) == 0
+    rows = [line.split(",") for line in (out / "grids/smoke/summary.csv").read_text().splitlines()]
+    assert rows[0][4] == "pope mean_acc" and float(rows[2][5]) == pytest.approx(80.0)
+    assert ablate.main([str(grid), "--benchmarks", "pope", "--out", str(out), "--metric", "gqa=accuracy"]) == 2
+    assert "not in --benchmarks" in capsys.readouterr().err

@@ -25,8 +25,17 @@ def main_metric(benchmark: str) -> str:
     return get_benchmark(benchmark).main_metric
 
 
-def result_metric(result: dict, benchmark: str) -> Optional[float]:
-    value = result.get("metrics", {}).get(main_metric(benchmark))
+def metric_names(benchmarks: list[str], overrides: dict[str, str] | None = None) -> dict[str, str]:
+    """benchmark -> the result.json metric to report: eval's main metric unless overridden."""
+    overrides = overrides or {}
+    bad = sorted(set(overrides) - set(benchmarks))
+    if bad:
+        raise ValueError(f"--metric given for benchmark(s) {bad} that are not in --benchmarks {benchmarks}")
+    return {b: overrides.get(b) or main_metric(b) for b in benchmarks}
+
+
+def result_metric(result: dict, name: str) -> Optional[float]:
+    value = result.get("metrics", {}).get(name)
     return None if value is None else float(value)
 
 
@@ -40,7 +49,8 @@ class Row:
     index: int
     run: GridRun
     tokens: int  # n_vis, or the full count for the reference
-    metric: dict[str, Optional[float]] = field(default_factory=dict)  # benchmark -> main metric
+    metric: dict[str, Optional[float]] = field(default_factory=dict)  # benchmark -> reported metric
+    done: dict[str, bool] = field(default_factory=dict)  # benchmark -> result.json exists
     relative: dict[str, Optional[float]] = field(default_factory=dict)  # benchmark -> % of reference
     prefill_ms: dict[str, Optional[float]] = field(default_factory=dict)
     folders: dict[str, str] = field(default_factory=dict)
@@ -57,7 +67,8 @@ class Row:
 
     @property
     def complete(self) -> bool:
-        return all(v is not None for v in self.metric.values())
+        """Every benchmark has a result (its metric may still be undefined, e.g. POPE F1 with no "yes")."""
+        return bool(self.done) and all(self.done.values())
 
 
 def _short(key: str) -> str:
@@ -69,7 +80,8 @@ def _value(run: GridRun, key: str):
     return getattr(getattr(run.settings, section), name)
 
 
-def collect(grid: Grid, tasks: list[Task], benchmarks: list[str], full_tokens: int) -> list[Row]:
+def collect(grid: Grid, tasks: list[Task], names: dict[str, str], full_tokens: int) -> list[Row]:
+    benchmarks = list(names)
     by_run: dict[int, list[Task]] = {}
     for t in tasks:
         by_run.setdefault(t.run_index, []).append(t)
@@ -80,7 +92,8 @@ def collect(grid: Grid, tasks: list[Task], benchmarks: list[str], full_tokens: i
         for t in by_run.get(i, []):
             res = read_result(t.folder)
             row.folders[t.benchmark] = str(t.folder)
-            row.metric[t.benchmark] = None if res is None else result_metric(res, t.benchmark)
+            row.done[t.benchmark] = res is not None
+            row.metric[t.benchmark] = None if res is None else result_metric(res, names[t.benchmark])
             row.prefill_ms[t.benchmark] = None if res is None else result_prefill_ms(res)
         for b in benchmarks:
             row.metric.setdefault(b, None)
@@ -109,11 +122,12 @@ def label_keys(grid: Grid) -> list[str]:
     return [k for k in dict.fromkeys(keys) if k != "reduction.n_vis"]
 
 
-def table(grid: Grid, rows: list[Row], benchmarks: list[str]) -> tuple[list[str], list[list]]:
+def table(grid: Grid, rows: list[Row], names: dict[str, str]) -> tuple[list[str], list[list]]:
+    benchmarks = list(names)
     keys = label_keys(grid)
     header = ["#"] + [_short(k) for k in keys] + ["tokens"]
     for b in benchmarks:
-        header += [f"{b} {main_metric(b)}", f"{b} rel%"]
+        header += [f"{b} {names[b]}", f"{b} rel%"]
     header += ["avg rel%", "prefill ms", "status"]
     body = []
     for r in rows:
@@ -126,8 +140,8 @@ def table(grid: Grid, rows: list[Row], benchmarks: list[str]) -> tuple[list[str]
     return header, body
 
 
-def write_tables(grid: Grid, rows: list[Row], benchmarks: list[str], out_dir: Path) -> tuple[Path, Path]:
-    header, body = table(grid, rows, benchmarks)
+def write_tables(grid: Grid, rows: list[Row], names: dict[str, str], out_dir: Path) -> tuple[Path, Path]:
+    header, body = table(grid, rows, names)
     out_dir.mkdir(parents=True, exist_ok=True)
     csv_path, md_path = out_dir / "summary.csv", out_dir / "summary.md"
     with open(csv_path, "w", newline="", encoding="utf-8") as f:
@@ -165,8 +179,9 @@ def series_label(run: GridRun, keys: list[str]) -> str:
     return " ".join(p for p in parts if p) or "runs"
 
 
-def write_plot(grid: Grid, rows: list[Row], benchmarks: list[str], path: Path, full_tokens: int) -> Path:
-    has_ref = any(r.run.reference and r.complete for r in rows)
+def write_plot(grid: Grid, rows: list[Row], names: dict[str, str], path: Path, full_tokens: int) -> Path:
+    benchmarks = list(names)
+    has_ref = any(r.run.reference and any(v is not None for v in r.metric.values()) for r in rows)
     use_rel = has_ref
     varies_tokens = "reduction.n_vis" in grid.axis_keys
     keys = label_keys(grid)
@@ -189,7 +204,7 @@ def write_plot(grid: Grid, rows: list[Row], benchmarks: list[str], path: Path, f
                 series.setdefault(series_label(r.run, keys), []).append((float(r.tokens), y))
             else:
                 series.setdefault("runs (x = table row #)", []).append((float(r.index), y))
-        ylabel = "accuracy relative to full (%)" if use_rel else f"{main_metric(bench) if bench else 'metric'}"
+        ylabel = "accuracy relative to full (%)" if use_rel else f"{names[bench] if bench else 'metric'}"
         hlines = [(100.0, f"full ({full_tokens} tokens)")] if use_rel else []
         panels.append(Panel(title=f"{grid.name}: {b}", xlabel="visual tokens" if varies_tokens else "run #",
                             ylabel=ylabel, series=series, hlines=hlines))
@@ -217,11 +232,11 @@ def hparams_of(run: GridRun, keys: list[str], tokens: int) -> dict:
     return hp
 
 
-def metrics_of(row: Row, benchmarks: list[str]) -> dict:
+def metrics_of(row: Row, names: dict[str, str]) -> dict:
     out = {}
-    for b in benchmarks:
+    for b in names:
         if row.metric.get(b) is not None:
-            out[f"{b}/{main_metric(b)}"] = row.metric[b]
+            out[f"{b}/{names[b]}"] = row.metric[b]
         if row.relative.get(b) is not None:
             out[f"{b}/relative"] = row.relative[b]
         if row.prefill_ms.get(b) is not None:
@@ -236,7 +251,7 @@ def run_name(row: Row) -> str:
     return f"{row.index:03d}_{slug}"[:120]
 
 
-def write_tensorboard(grid: Grid, rows: list[Row], benchmarks: list[str], tb_dir: Path) -> Path:
+def write_tensorboard(grid: Grid, rows: list[Row], names: dict[str, str], tb_dir: Path) -> Path:
     """One TensorBoard run per complete grid run (session start/end info + metric scalars) and the
     experiment summary (every hparam with its discrete domain, every metric tag) at the root."""
     from torch.utils.tensorboard import SummaryWriter  # noqa: PLC0415
@@ -244,8 +259,8 @@ def write_tensorboard(grid: Grid, rows: list[Row], benchmarks: list[str], tb_dir
 
     if tb_dir.exists():
         shutil.rmtree(tb_dir)  # a derived artefact: rebuilt from the result files every time
-    done = [r for r in rows if any(v is not None for v in r.metric.values())]
-    entries = [(r, hparams_of(r.run, grid.axis_keys, r.tokens), metrics_of(r, benchmarks)) for r in done]
+    done = [r for r in rows if any(r.done.values())]
+    entries = [(r, hparams_of(r.run, grid.axis_keys, r.tokens), metrics_of(r, names)) for r in done]
     if not entries:
         return tb_dir
     all_hp: dict = {}
