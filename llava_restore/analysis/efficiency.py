@@ -9,7 +9,8 @@ For the full model and each method x n_vis x RESTORE off/on, on the same batch:
 
 - prefill latency: the median over ``--repeats`` of one prefill forward (vision tower + reduction
   + decoder, KV cache built).  All configurations are timed round-robin inside each repeat, so
-  the speed-ups are ratios measured side by side;
+  the speed-ups are ratios measured side by side (``--clock process --threads 1``: CPU time of this
+  process instead of wall time, for a busy shared CPU);
 - FLOPs from the formula in ``flops.py`` (decoder prefill; vision tower and projector, identical
   for all; Stage-B anchor selection), and the FLOP-ratio speed-up limit full / reduced;
 - peak memory of one prefill above what was allocated before it (CUDA: max_memory_allocated;
@@ -68,12 +69,22 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def timed(fn: Callable[[], object], device: torch.device) -> float:
+CLOCKS = {"wall": time.perf_counter, "process": time.process_time}
+
+
+def timed(fn: Callable[[], object], device: torch.device, clock: str = "wall") -> float:
+    """Milliseconds of ``fn``: wall time, or this process's CPU time (``process``: robust to other
+    processes on a shared CPU; it sums the threads, so use it with --threads 1)."""
+    if clock not in CLOCKS:
+        raise ValueError(f"unknown clock {clock!r}; known: {sorted(CLOCKS)}")
+    if clock == "process" and device.type == "cuda":
+        raise ValueError("--clock process measures CPU time; on CUDA use --clock wall")
+    now = CLOCKS[clock]
     _sync(device)
-    t0 = time.perf_counter()
+    t0 = now()
     fn()
     _sync(device)
-    return 1000.0 * (time.perf_counter() - t0)
+    return 1000.0 * (now() - t0)
 
 
 def cpu_peak_bytes(fn: Callable[[], object]) -> int:
@@ -132,7 +143,8 @@ def prompt_batch(tok, proc, model, question_file: Optional[str], image_folder: O
 
 
 # ------------------------------------------------------------------------------ measurement
-def measure(model, ids, mask, pixels, variants: list[Variant], repeats: int, warmup: int) -> list[dict]:
+def measure(model, ids, mask, pixels, variants: list[Variant], repeats: int, warmup: int,
+            clock: str = "wall") -> list[dict]:
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
     pixels = pixels.to(dtype)
@@ -171,12 +183,12 @@ def measure(model, ids, mask, pixels, variants: list[Variant], repeats: int, war
         for r in range(warmup + repeats):
             k = r % len(variants)
             for v in variants[k:] + variants[:k]:  # rotate the order: no configuration always goes first
-                dt = timed(lambda: prefill(v), device)
+                dt = timed(lambda: prefill(v), device, clock)
                 if v.cfg is not None:
-                    rt = timed(lambda: reduce(v), device)
+                    rt = timed(lambda: reduce(v), device, clock)
                 if v.name in anchor_jobs:
                     y, n_m, rule, idx = anchor_jobs[v.name]
-                    at = timed(lambda: anchor_merge(y, n_m, rule, seed=v.cfg.seed, token_index=idx), device)
+                    at = timed(lambda: anchor_merge(y, n_m, rule, seed=v.cfg.seed, token_index=idx), device, clock)
                 if r >= warmup:
                     times[v.name].append(dt)
                     if v.cfg is not None:
@@ -268,6 +280,8 @@ def parse_args(argv=None):
     ap.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default=None,
                     help="default: float16 on GPU, float32 on CPU")
     ap.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads)")
+    ap.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
+                    help="wall time, or (CPU, shared machine) this process's CPU time: use with --threads 1")
     ap.add_argument("--out", default="runs/analysis/efficiency")
     return ap.parse_args(argv)
 
@@ -299,17 +313,18 @@ def main(argv=None) -> dict:
             batch = prompt_batch(tok, proc, model, args.question_file, args.image_folder, args.batch_size,
                                  args.conv_mode, device)
         source = args.model_path
-    rows = measure(model, *batch, variants, args.repeats, args.warmup)
+    rows = measure(model, *batch, variants, args.repeats, args.warmup, args.clock)
     meta = {"model": source, "device": str(device), "dtype": str(dtype).replace("torch.", ""),
             "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
             "threads": torch.get_num_threads(), "batch_size": args.batch_size, "repeats": args.repeats,
-            "warmup": args.warmup, "formula": "llava_restore/analysis/flops.py (docs/ablations.md)"}
+            "warmup": args.warmup, "clock": args.clock, "formula": "llava_restore/analysis/flops.py (docs/ablations.md)"}
     result = {"meta": meta, "rows": rows, "restore_vs_plain": restore_vs_plain(rows)}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "efficiency.json").write_text(json.dumps(result, indent=1), encoding="utf-8")
     md = [f"# Prefill efficiency: {source}", "",
-          f"device {meta['device_name']} ({meta['dtype']}, {meta['threads']} threads), batch {args.batch_size}, "
+          f"device {meta['device_name']} ({meta['dtype']}, {meta['threads']} threads, {args.clock} clock), "
+          f"batch {args.batch_size}, "
           f"median of {args.repeats} repeats after {args.warmup} warm-up, all configurations round-robin.", "",
           table(rows), "", "| method | n | speed-up plain | speed-up RESTORE | RESTORE / plain time |",
           "|---|---|---|---|---|"]
