@@ -73,7 +73,7 @@ else
             --save_steps 100)
 fi
 
-echo "fine-tuning $MODEL_PATH at $TAG on $NUM_GPUS rank(s) ($DS_CONFIG) -> $OUTPUT_DIR"
+echo "fine-tuning $MODEL_PATH at $TAG on $NUM_GPUS rank(s) ($DS_CONFIG) -> $OUTPUT_DIR${*:+ (overrides: $*)}"
 exec deepspeed --num_gpus "$NUM_GPUS" --master_port "${MASTER_PORT:-29500}" llava_restore/train/train.py \
     --deepspeed "$DS_CONFIG" \
     --model_name_or_path "$MODEL_PATH" \
