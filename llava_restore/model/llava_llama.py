@@ -197,8 +197,13 @@ class LlavaLlamaForCausalLM(nn.Module):
     # ------------------------------------------------------------------ forward
     def forward(self, input_ids: torch.Tensor, attention_mask=None, images=None, labels=None,
                 reduction: ReductionConfig | None = None, cache: KVCache | None = None, use_cache: bool = False,
-                padding_side: str = "right", attn_backend: str | None = None) -> LlavaOutput:
-        """Prefill (``cache`` None or empty) or one decode step of new text tokens (B, T)."""
+                padding_side: str = "right", attn_backend: str | None = None, last_logits_only: bool = False) -> LlavaOutput:
+        """Prefill (``cache`` None or empty) or one decode step of new text tokens (B, T).
+
+        ``last_logits_only`` projects only the last position to the vocabulary (logits (B, 1, V)),
+        which is all generation needs; it cannot be combined with ``labels``."""
+        if last_logits_only and labels is not None:
+            raise ValueError("last_logits_only=True cannot compute a loss over labels")
         if reduction is not None:
             reduction = reduction.resolve()
         if cache is not None and cache.length > 0:
@@ -209,8 +214,8 @@ class LlavaLlamaForCausalLM(nn.Module):
         meta.key_valid, meta.key_pos, meta.key_visual = prep.valid, prep.positions, prep.visual
         meta.key_log_size, meta.key_log_size_l0, meta.next_pos = prep.log_size, prep.log_size_l0, prep.next_pos
         ctx = self._context(reduction, prep.positions, meta, decoding=False, backend=attn_backend)
-        h = self.model(prep.embeds, prep.positions, ctx, cache)
-        logits = self.lm_head(h)
+        h = self.model(prep.embeds, prep.positions, ctx, cache)  # (B, L, D)
+        logits = self.lm_head(h[:, -1:] if last_logits_only else h)
         loss = None
         if prep.labels is not None:
             loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), prep.labels[:, 1:].flatten(), ignore_index=IGNORE_INDEX)
@@ -249,7 +254,8 @@ class LlavaLlamaForCausalLM(nn.Module):
         done = torch.zeros(B, dtype=torch.bool, device=input_ids.device)
         out_tokens = []
         ids, mask = input_ids, attention_mask.bool()
-        out = self(ids, mask, images, reduction=reduction, use_cache=use_cache, padding_side="left", attn_backend=attn_backend)
+        out = self(ids, mask, images, reduction=reduction, use_cache=use_cache, padding_side="left",
+                   attn_backend=attn_backend, last_logits_only=True)
         prepared = out.prepared
         for step in range(max_new_tokens):
             nxt = self._pick(out.logits[:, -1].float(), do_sample, temperature, top_p, generator)  # (B,)
@@ -263,7 +269,8 @@ class LlavaLlamaForCausalLM(nn.Module):
             else:
                 ids = torch.cat([ids, nxt[:, None]], 1)
                 mask = torch.cat([mask, torch.ones(B, 1, dtype=torch.bool, device=mask.device)], 1)
-                out = self(ids, mask, images, reduction=reduction, padding_side="left", attn_backend=attn_backend)
+                out = self(ids, mask, images, reduction=reduction, padding_side="left", attn_backend=attn_backend,
+                           last_logits_only=True)
         tokens = torch.stack(out_tokens, 1) if out_tokens else input_ids.new_zeros(B, 0)
         return (tokens, prepared) if return_prepared else tokens
 
