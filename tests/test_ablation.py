@@ -298,6 +298,8 @@ def test_report_metric_override_and_undefined_metric(tmp_path, capsys):
     assert ablate.main([str(grid), "--benchmarks", "pope", "--out", str(out), "--report-only"]) == 0
     rows = [line.split(",") for line in (out / "grids/smoke/summary.csv").read_text().splitlines()]
     assert rows[0][4] == "pope mean_f1" and [r[4] for r in rows[1:]] == ["", ""] and [r[-1] for r in rows[1:]] == ["done"] * 2
+    md = (out / "grids/smoke/summary.md").read_text()
+    assert md.count("| n/a | n/a |") == 2 and "n/a: undefined for a finished run" in md
     assert ablate.main([str(grid), "--benchmarks", "pope", "--out", str(out), "--report-only",
                         "--metric", "pope=mean_acc"]) == 0
     rows = [line.split(",") for line in (out / "grids/smoke/summary.csv").read_text().splitlines()]

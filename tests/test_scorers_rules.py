@@ -122,6 +122,16 @@ def test_pope_metrics_and_skipped_count(tmp_path):
     assert c["yes_ratio"] == pytest.approx(25.0) and m["n_skipped"] == 2
 
 
+def test_pope_never_yes_gives_undefined_f1_with_a_warning(tmp_path):
+    af, qf, ann = _pope_files(tmp_path, [(1, "No"), (2, "No"), (3, "No"), (4, "No")])
+    with pytest.warns(UserWarning, match="F1 is undefined .*no yes answers"):
+        m = score_pope(af, qf, ann)
+    c = m["categories"]["random"]
+    assert c["precision"] is None and c["f1"] is None and c["acc"] == pytest.approx(50.0)
+    assert m["mean_f1"] is None and m["mean_acc"] == pytest.approx(50.0)
+    assert any("mean_f1 is undefined" in w for w in m["warnings"])
+
+
 def test_pope_count_mismatch_warns_and_keeps_official_number(tmp_path):
     af, qf, ann = _pope_files(tmp_path, [(1, "Yes"), (3, "No"), (4, "Yes")])
     with pytest.warns(UserWarning, match="3 answers vs 4 labels"):

@@ -157,8 +157,17 @@ def write_tables(grid: Grid, rows: list[Row], names: dict[str, str], out_dir: Pa
               "their mean." % (refs[0].index if refs else "none"), ""]
     lines.append("| " + " | ".join(header) + " |")
     lines.append("|" + "|".join("---" for _ in header) + "|")
-    for line in body:
-        lines.append("| " + " | ".join(_fmt(v) for v in line) + " |")
+    first_metric = header.index("tokens") + 1  # metric columns: after the labels, before "status"
+    undefined = False
+    for r, line in zip(rows, body):
+        cells = [_fmt(v) for v in line]
+        for i in range(first_metric, len(line) - 1):
+            if line[i] is None and r.complete:
+                cells[i], undefined = "n/a", True
+        lines.append("| " + " | ".join(cells) + " |")
+    if undefined:
+        lines += ["", "n/a: undefined for a finished run (e.g. POPE F1 when the model never answers yes, "
+                  "or a relative figure whose reference is undefined); the run's result.json says why."]
     md_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return md_path, csv_path
 

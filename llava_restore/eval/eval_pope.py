@@ -107,11 +107,17 @@ def score_pope(result_file, question_file, annotation_dir, n_skipped: int = 0) -
             else:
                 report.warn(f"POPE {cat}: {len(cat_qids)} questions vs {len(labels)} labels: "
                             "cannot align answers to labels by question id")
+        if cur and m["f1"] is None:
+            report.warn(f"POPE {cat}: F1 is undefined (TP={m['TP']}, FP={m['FP']}: "
+                        f"{'no yes answers' if m['TP'] + m['FP'] == 0 else 'precision + recall = 0'}); "
+                        f"LLaVA's script divides by zero here; accuracy is {m['acc']}")
         results[cat] = m
-    f1s = [m["f1"] for m in results.values() if m["f1"] is not None]
+    f1s = [m["f1"] for m in results.values()]
     accs = [m["acc"] for m in results.values() if m["acc"] is not None]
+    if None in f1s:
+        report.warn("POPE mean_f1 is undefined because a category's F1 is; see mean_acc")
     return {"categories": results,
-            "mean_f1": sum(f1s) / len(f1s) if f1s else None,
+            "mean_f1": sum(f1s) / len(f1s) if f1s and None not in f1s else None,
             "mean_acc": sum(accs) / len(accs) if accs else None,
             "n_answers": len(answers), "n_questions": len(questions), "n_skipped": n_skipped,
             "warnings": report.messages}

@@ -29,7 +29,7 @@ from llava_restore.train.data import tokenize_conversation
 from llava_restore.playground.data import corpus_texts
 D = "playground/data"
 cfg = OmegaConf.merge(OmegaConf.create(dict(steps=300, bs=16, lr=2e-3, warmup=30, seed=0, eval_every=100, hidden=128, layers=4,
-      heads=4, inter=384, proj_lr_mult=1.0, rescale=1, wd=0.0, init_std=0.02, emb_std=1.0, kinds="", maxrec=0, name="x", split=0, oracle=0, fg_eval=1, fg_steps=0, bg_keep=32, dilate=1)),
+      heads=4, inter=384, proj_lr_mult=1.0, rescale=1, wd=0.0, init_std=0.02, emb_std=1.0, kinds="", maxrec=0, name="x", objtok=0, full_eval=1, split=0, oracle=0, fg_eval=1, fg_steps=0, bg_keep=32, dilate=1)),
       OmegaConf.from_cli(sys.argv[1:]))
 print(OmegaConf.to_yaml(cfg))
 torch.manual_seed(cfg.seed)
@@ -71,7 +71,15 @@ from llava_restore.playground.train import patch_labels
 from llava_restore.reduction.types import ReductionResult
 scn = [json.loads(l) for l in open(f"{D}/scenes/train.jsonl")]
 FG = torch.stack([(patch_labels(s["scene"], 24, 4) != 0).any(0) for s in scn])  # (n_train, 576)
-if cfg.dilate:
+def centre_mask(scene):  # one patch per object / text: the one under its centre
+    m = torch.zeros(576, dtype=torch.bool)
+    for o in scene["objects"] + scene["texts"]:
+        cx, cy = o["x"] + o["w"] // 2, o["y"] + o.get("h", o["w"]) // 2
+        m[min(cy // 4, 23) * 24 + min(cx // 4, 23)] = True
+    return m
+if cfg.objtok:
+    FG = torch.stack([centre_mask(s["scene"]) for s in scn])
+if cfg.dilate and not cfg.objtok:
     FG = torch.nn.functional.max_pool2d(FG.float().view(-1, 1, 24, 24), 2 * cfg.dilate + 1, 1, cfg.dilate).view(-1, 576) > 0
 LBL = {}
 for k, s_ in enumerate(scn): LBL[P2I[s_["image"]]] = patch_labels(s_["scene"], 24, 4)
@@ -142,7 +150,7 @@ for l in open(f"{D}/eval/pope/llava_pope_test.jsonl"):
 EFG = {}
 for part, pre in (("gqa", "eval/gqa/data/images/"), ("pope", "eval/pope/val2014/")):
     for l in open(f"{D}/scenes/{part}.jsonl"):
-        s_ = json.loads(l); k_ = P2I[pre + os.path.basename(s_["image"])]; LBL[k_] = patch_labels(s_["scene"], 24, 4); EFG[k_] = (LBL[k_] != 0).any(0)
+        s_ = json.loads(l); k_ = P2I[pre + os.path.basename(s_["image"])]; LBL[k_] = patch_labels(s_["scene"], 24, 4); EFG[k_] = centre_mask(s_["scene"]) if cfg.objtok else (LBL[k_] != 0).any(0)
 @torch.no_grad()
 def evaluate(fgmode=False):
     model.eval(); res = {}
@@ -192,6 +200,6 @@ for step in range(cfg.steps):
     if (step + 1) % 20 == 0:
         print(f"step {step+1} loss {sum(ls[-20:])/20:.3f} t {time.time()-t0:.0f}s", flush=True)
     if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
-        te = time.time(); r = evaluate(); print("EVAL", step + 1, json.dumps(r), f"({time.time()-te:.0f}s)", flush=True)
+        te = time.time(); r = evaluate() if cfg.full_eval else {}; print("EVAL", step + 1, json.dumps(r), f"({time.time()-te:.0f}s)", flush=True)
         if cfg.fg_eval and step < cfg.fg_steps: print("EVALFG", step + 1, json.dumps(evaluate(True)), flush=True)
 torch.save(model.state_dict(), os.path.join(OUTD, f"{cfg.name}.pt"))
