@@ -1,0 +1,47 @@
+"""Exploratory: can the playground decoder (128-d, 4 layers, 4 heads) learn conjunctive recall
+from text alone? (not part of the package)
+
+Each sample lists 5 (colour, shape) pairs as words after the vicuna system prompt, then asks
+"Is there a <colour> <shape> in the image? ... ASSISTANT:"; only the Yes/No token is supervised.
+Batch 32, AdamW lr 3e-3. Usage (repository root, data built):
+
+    python playground/experiments/recall_toy.py [embedding_init_std=1.0]
+"""
+import torch, random, sys, time
+torch.set_num_threads(1)
+from llava_restore.tools.make_tiny import TinySpec, build_tiny
+from llava_restore.playground.data import corpus_texts
+from llava_restore.model.mm_utils import pad_sequences
+from llava_restore.playground import vocab as V
+emb_std = float(sys.argv[1]) if len(sys.argv) > 1 else 1.0
+mode = sys.argv[2] if len(sys.argv) > 2 else "text"
+spec = TinySpec(image_size=96, patch_size=4, vision_hidden=64, vision_layers=3, vision_heads=4, hidden=128, layers=4, heads=4, kv_heads=4, intermediate=384, vocab_size=640)
+tok, model, proc = build_tiny(spec, seed=0, tokenizer_texts=corpus_texts("playground/data"))
+with torch.no_grad():
+    model.model.embed_tokens.weight.normal_(0, emb_std)
+w = lambda s: tok.encode(s, add_special_tokens=False)
+C, S = list(V.COLORS), list(V.SHAPES)
+Y, N = w("Yes")[0], w("No")[0]
+pre = w("A chat between a curious user and an artificial intelligence assistant. USER:")
+post = w("in the image? Answer the question using a single word or phrase. ASSISTANT:")
+rng = random.Random(0)
+def sample():
+    objs = rng.sample([(c, s) for c in C for s in S], 5)
+    if rng.random() < 0.5: q = rng.choice(objs); a = Y
+    else:
+        q = rng.choice([(c, s) for c in C for s in S if (c, s) not in objs]); a = N
+    ids = pre + sum((w(c) + w(s) for c, s in objs), []) + w("Is there a") + w(q[0]) + w(q[1]) + post
+    return torch.tensor(ids + [a]), a
+model.train()
+opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3, betas=(0.9, 0.98))
+t0 = time.time()
+for step in range(1500):
+    b = [sample() for _ in range(32)]
+    ids, mask = pad_sequences([x[0] for x in b], 0, "right")
+    lab = torch.full_like(ids, -100)
+    for i, x in enumerate(b): lab[i, len(x[0]) - 1] = x[1]
+    lr = 3e-3 * min(1, (step + 1) / 50)
+    for g in opt.param_groups: g["lr"] = lr
+    out = model(ids, mask, None, labels=lab)
+    opt.zero_grad(); out.loss.backward(); torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0); opt.step()
+    if (step + 1) % 100 == 0: print(step + 1, round(out.loss.item(), 3), f"{time.time()-t0:.0f}s", flush=True)
