@@ -1,14 +1,16 @@
-"""Exploratory: can the playground decoder (128-d, 4 layers, 4 heads) learn conjunctive recall
+"""Exploratory: can the playground decoder (128-d, 4 layers, 4 heads) learn content-based recall
 from text alone? (not part of the package)
 
-Each sample lists 5 (colour, shape) pairs as words after the vicuna system prompt, then asks
-"Is there a <colour> <shape> in the image? ... ASSISTANT:"; only the Yes/No token is supervised.
-Batch 32, AdamW lr 3e-3. Usage (repository root, data built):
+Each sample lists 5 (colour, shape) pairs as words, then asks "Is there a <colour> <shape> in the
+image? ... ASSISTANT:" (conjunctive recall); only the Yes/No token is supervised. Batch 32, AdamW.
+Environment knobs: STEPS, LR (3e-3), INIT (std of the decoder's matrices, 0.02 as build_tiny),
+SHORT=1 (no system prompt), COLOR=1 ("Is there a red object?"), COPY=1 (colour of the first
+object), T (threads). Usage, from the repository root with the playground data built:
 
-    python playground/experiments/recall_toy.py [embedding_init_std=1.0]
+    SHORT=1 COLOR=1 INIT=0.09 STEPS=800 python playground/experiments/recall_toy.py [embedding_std=1.0]
 """
 import torch, random, sys, time
-torch.set_num_threads(1)
+import os; torch.set_num_threads(int(os.environ.get("T", "1")))
 from llava_restore.tools.make_tiny import TinySpec, build_tiny
 from llava_restore.playground.data import corpus_texts
 from llava_restore.model.mm_utils import pad_sequences
@@ -19,10 +21,13 @@ spec = TinySpec(image_size=96, patch_size=4, vision_hidden=64, vision_layers=3, 
 tok, model, proc = build_tiny(spec, seed=0, tokenizer_texts=corpus_texts("playground/data"))
 with torch.no_grad():
     model.model.embed_tokens.weight.normal_(0, emb_std)
+    init = float(os.environ.get("INIT", "0.02"))
+    for n, p in model.named_parameters():
+        if p.dim() > 1 and "embed" not in n and "vision" not in n: p.normal_(0, init)
 w = lambda s: tok.encode(s, add_special_tokens=False)
 C, S = list(V.COLORS), list(V.SHAPES)
 Y, N = w("Yes")[0], w("No")[0]
-pre = w("A chat between a curious user and an artificial intelligence assistant. USER:")
+pre = w("USER:") if os.environ.get("SHORT") else w("A chat between a curious user and an artificial intelligence assistant. USER:")
 post = w("in the image? Answer the question using a single word or phrase. ASSISTANT:")
 rng = random.Random(0)
 def sample():
@@ -30,17 +35,24 @@ def sample():
     if rng.random() < 0.5: q = rng.choice(objs); a = Y
     else:
         q = rng.choice([(c, s) for c in C for s in S if (c, s) not in objs]); a = N
+    if os.environ.get("COPY"):  # positional copy: learned in < 100 steps
+        a = w(objs[0][0])[0]
+        return torch.tensor(pre + sum((w(c) + w(s) for c, s in objs), []) + w("What color is the first object? ASSISTANT:") + [a]), a
+    if os.environ.get("COLOR"):  # one-word existence: "Is there a red object?"
+        cols = {c for c, _ in objs}
+        q = rng.choice(C); a = Y if q in cols else N
+        return torch.tensor(pre + sum((w(c) + w(s) for c, s in objs), []) + w("Is there a") + w(q) + w("object in the image? ASSISTANT:") + [a]), a
     ids = pre + sum((w(c) + w(s) for c, s in objs), []) + w("Is there a") + w(q[0]) + w(q[1]) + post
     return torch.tensor(ids + [a]), a
 model.train()
 opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3, betas=(0.9, 0.98))
 t0 = time.time()
-for step in range(1500):
+for step in range(int(os.environ.get("STEPS", "1500"))):
     b = [sample() for _ in range(32)]
     ids, mask = pad_sequences([x[0] for x in b], 0, "right")
     lab = torch.full_like(ids, -100)
     for i, x in enumerate(b): lab[i, len(x[0]) - 1] = x[1]
-    lr = 3e-3 * min(1, (step + 1) / 50)
+    lr = float(os.environ.get("LR", "3e-3")) * min(1, (step + 1) / 50)
     for g in opt.param_groups: g["lr"] = lr
     out = model(ids, mask, None, labels=lab)
     opt.zero_grad(); out.loss.backward(); torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0); opt.step()
