@@ -15,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-from llava_restore.eval import model_vqa_loader, model_vqa_mmbench, model_vqa_science, run
+from llava_restore.eval import model_vqa_loader, model_vqa_mmbench, model_vqa_ocrbench, model_vqa_science, run
 from llava_restore.eval.answers import AnswerFileError, MergeError, read_jsonl
 from llava_restore.eval.eval_pope import main as pope_main
 from llava_restore.eval.generate import (MissingImageError, QuestionFileError, Sample, answer_id, choose_key_fn,
@@ -356,3 +356,18 @@ def test_playground_bs4_equals_bs1_on_50_questions(tmp_path):
     model_vqa_loader.main(base + ["--answers-file", str(tmp_path / "bs4.jsonl"), "--batch-size", "4"])
     assert len(qids(tmp_path / "bs1.jsonl")) == 50
     assert (tmp_path / "bs1.jsonl").read_bytes() == (tmp_path / "bs4.jsonl").read_bytes()
+
+
+@pytest.mark.parametrize("adapter,what", [(model_vqa_science.ADAPTER, "ScienceQA records"),
+                                          (model_vqa_ocrbench.ADAPTER, "OCRBench JSON list")])
+def test_json_list_question_files_name_the_problem(tmp_path, adapter, what):
+    bad = tmp_path / "q.json"
+    bad.write_text('[\n  {"id": 1},\n  {"id": 2,,}\n]')
+    with pytest.raises(QuestionFileError, match=r"q\.json:3: malformed JSON"):
+        adapter.load(str(bad), str(tmp_path))
+    bad.write_text('{"id": 1}')
+    with pytest.raises(QuestionFileError, match=f"q\\.json: expected .*{what}, got dict"):
+        adapter.load(str(bad), str(tmp_path))
+    bad.write_text('[7]')
+    with pytest.raises(QuestionFileError, match=r"q\.json item #0: expected a JSON object, got int"):
+        adapter.load(str(bad), str(tmp_path))

@@ -256,6 +256,18 @@ def test_bad_records_name_the_record(tmp_path, tiny_loaded, bad, message):
     assert message in text and "record 2" in text and f"id={bad['id']!r}" in text and "bad.json" in text
 
 
+def test_malformed_training_json_names_file_and_line(tmp_path):
+    from llava_restore.train.data import load_conversations
+
+    bad = tmp_path / "mix.json"
+    bad.write_text('[\n  {"id": "a"},\n  {"id": "b",}\n]')
+    with pytest.raises(DataError, match=r"mix\.json:3: malformed JSON"):
+        load_conversations(str(bad))
+    bad.write_text('{"id": "a"}')
+    with pytest.raises(DataError, match=r"mix\.json: expected a JSON list of records, got dict"):
+        load_conversations(str(bad))
+
+
 def test_overlong_record_is_truncated_and_counted(tiny_setup, tmp_path, caplog):
     from llava_restore.train.train import main
 

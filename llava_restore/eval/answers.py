@@ -102,6 +102,21 @@ def iter_jsonl(path) -> Iterator[Tuple[int, str, dict]]:
             yield lineno, line, record
 
 
+def load_json_list(path, what: str, error: type = ValueError) -> list:
+    """A JSON file that must hold a list (OCRBench / ScienceQA question files, LLaVA's training JSON).
+
+    Raises ``error`` naming the file, with the line and column of a syntax error, or what was
+    found instead of ``what`` (e.g. "a JSON list of records")."""
+    with open(path, encoding="utf-8") as f:
+        try:
+            data = json.load(f)
+        except json.JSONDecodeError as err:
+            raise error(f"{path}:{err.lineno}: malformed JSON ({err.msg} at column {err.colno})") from None
+    if not isinstance(data, list):
+        raise error(f"{path}: expected {what}, got {type(data).__name__}")
+    return data
+
+
 def read_jsonl(path) -> List[dict]:
     """All records of a JSONL file; AnswerFileError naming the file and 1-based line of a bad line."""
     return [record for _, _, record in iter_jsonl(path)]

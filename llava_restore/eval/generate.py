@@ -28,7 +28,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, Hashable, List, Optional, Sequence
+from typing import Callable, Dict, Hashable, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 from PIL import Image
@@ -36,7 +36,8 @@ from tqdm import tqdm
 
 from llava_restore.constants import DEFAULT_IMAGE_TOKEN
 from llava_restore.eval.answers import (AnswerFileError, AnswerWriter, DuplicateAnswerError, KeyFn, MergeError,
-                                        default_errors_path, question_id_key, question_id_prompt_key, read_jsonl)
+                                        default_errors_path, load_json_list, question_id_key, question_id_prompt_key,
+                                        read_jsonl)
 from llava_restore.model.config import CheckpointError
 from llava_restore.model.conversation import build_prompt, conv_templates
 from llava_restore.model.mm_utils import ImageLoadError, load_image, pad_sequences, process_images, tokenizer_image_token
@@ -107,6 +108,16 @@ def check_question_file(path: str) -> Path:
     if not p.is_file():
         raise FileNotFoundError(f"question file not found: {p}")
     return p
+
+
+def json_list_items(path: Path, what: str) -> Iterator[Tuple[int, str, dict]]:
+    """``(index, where, item)`` for each object of a JSON-list question file (QuestionFileError
+    naming the file and the item otherwise)."""
+    for i, item in enumerate(load_json_list(path, what, QuestionFileError)):
+        where = f"{path} item #{i}"
+        if not isinstance(item, dict):
+            raise QuestionFileError(f"{where}: expected a JSON object, got {type(item).__name__}")
+        yield i, where, item
 
 
 def file_image(image_folder: str, rel: str) -> tuple:

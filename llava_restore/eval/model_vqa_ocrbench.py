@@ -8,11 +8,10 @@ model_id, metadata}``, which ``eval_ocrbench`` scores. max_new_tokens defaults t
 """
 from __future__ import annotations
 
-import json
 from typing import List
 
-from llava_restore.eval.generate import (Adapter, QuestionFileError, Sample, check_question_file, cli_entry,
-                                         file_image, require, run_cli, with_image_token)
+from llava_restore.eval.generate import (Adapter, Sample, check_question_file, cli_entry,
+                                         file_image, json_list_items, require, run_cli, with_image_token)
 
 
 class OCRBenchAdapter(Adapter):
@@ -22,18 +21,8 @@ class OCRBenchAdapter(Adapter):
 
     def load(self, question_file: str, image_folder: str, **options) -> List[Sample]:
         path = check_question_file(question_file)
-        with open(path, encoding="utf-8") as f:
-            try:
-                items = json.load(f)
-            except json.JSONDecodeError as err:
-                raise QuestionFileError(f"{path}:{err.lineno}: malformed JSON ({err.msg} at column {err.colno})") from None
-        if not isinstance(items, list):
-            raise QuestionFileError(f"{path}: expected the OCRBench JSON list, got {type(items).__name__}")
         samples = []
-        for i, item in enumerate(items):
-            where = f"{path} item #{i}"
-            if not isinstance(item, dict):
-                raise QuestionFileError(f"{where}: expected a JSON object, got {type(item).__name__}")
+        for i, where, item in json_list_items(path, "the OCRBench JSON list"):
             image_path, question = require(item, ("image_path", "question"), where)
             load, ref = file_image(image_folder, image_path)
             samples.append(Sample(head={"question_id": item.get("id", i), "prompt": question},

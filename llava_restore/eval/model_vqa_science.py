@@ -10,11 +10,10 @@ defaults to 1024 (LLaVA hard-codes it).
 """
 from __future__ import annotations
 
-import json
 from typing import List
 
 from llava_restore.eval.generate import (Adapter, QuestionFileError, Sample, check_question_file, cli_entry,
-                                         file_image, require, run_cli, with_image_token)
+                                         file_image, json_list_items, require, run_cli, with_image_token)
 
 SINGLE_PRED_SUFFIX = "Answer with the option's letter from the given choices directly."
 
@@ -33,18 +32,8 @@ class ScienceAdapter(Adapter):
 
     def load(self, question_file: str, image_folder: str, single_pred_prompt: bool = False, **options) -> List[Sample]:
         path = check_question_file(question_file)
-        with open(path, encoding="utf-8") as f:
-            try:
-                records = json.load(f)
-            except json.JSONDecodeError as err:
-                raise QuestionFileError(f"{path}:{err.lineno}: malformed JSON ({err.msg} at column {err.colno})") from None
-        if not isinstance(records, list):
-            raise QuestionFileError(f"{path}: expected a JSON list of ScienceQA records, got {type(records).__name__}")
         samples = []
-        for i, rec in enumerate(records):
-            where = f"{path} item #{i}"
-            if not isinstance(rec, dict):
-                raise QuestionFileError(f"{where}: expected a JSON object, got {type(rec).__name__}")
+        for i, where, rec in json_list_items(path, "a JSON list of ScienceQA records"):
             qid, conversations = require(rec, ("id", "conversations"), where)
             if not conversations or "value" not in conversations[0]:
                 raise QuestionFileError(f"{where}: 'conversations' has no first turn with a 'value'")

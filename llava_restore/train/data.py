@@ -5,7 +5,6 @@ closes them).  Every bad record fails naming its index and id.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 from dataclasses import dataclass
@@ -14,6 +13,7 @@ import torch
 from torch.utils.data import Dataset
 
 from llava_restore.constants import DEFAULT_IMAGE_TOKEN, IGNORE_INDEX, IMAGE_TOKEN_INDEX
+from llava_restore.eval.answers import load_json_list
 from llava_restore.model.conversation import get_conv_template
 from llava_restore.model.mm_utils import load_image, pad_sequences, process_images, tokenizer_image_token
 
@@ -28,14 +28,7 @@ class DataError(ValueError):
 def load_conversations(path: str) -> list[dict]:
     if not os.path.isfile(path):
         raise DataError(f"training data file not found: {path}")
-    with open(path) as f:
-        try:
-            data = json.load(f)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{path}: not valid JSON ({exc})") from exc
-    if not isinstance(data, list):
-        raise DataError(f"{path}: expected a JSON list of records, got {type(data).__name__}")
-    return data
+    return load_json_list(path, "a JSON list of records", DataError)
 
 
 def _where(path, idx, rec) -> str:
