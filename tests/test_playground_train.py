@@ -6,6 +6,7 @@ import torch
 
 from llava_restore.model.builder import load_pretrained_model
 from llava_restore.playground.train import PlaygroundTrainConfig, patch_labels, train
+from llava_restore.tools.make_tiny import TinySpec
 
 
 def test_patch_labels_by_hand():
@@ -33,8 +34,8 @@ def tiny_run(tmp_path_factory):
     build(str(root / "data"), seed=0, sizes=Sizes.tiny(), progress=False)
     cfg = PlaygroundTrainConfig(data=str(root / "data"), out=str(root / "ckpt"), tb_dir=str(root / "tb"), steps=20,
                                 batch_size=4, lr=3e-3, warmup=2, vision_pretrain_steps=4, vision_pretrain_batch=4,
-                                vision_hidden=32, vision_layers=2, hidden=64, layers=2, intermediate=128,
-                                vocab_size=400, log_every=5)
+                                model=TinySpec(vision_hidden=32, vision_layers=2, hidden=64, layers=2, intermediate=128,
+                                               vocab_size=400), log_every=5)
     return cfg, train(cfg)
 
 

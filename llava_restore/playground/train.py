@@ -21,7 +21,7 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
 from omegaconf import OmegaConf
@@ -49,15 +49,10 @@ class PlaygroundTrainConfig:
     warmup: int = 60
     weight_decay: float = 0.0
     grad_clip: float = 1.0
-    vocab_size: int = 640
-    vision_hidden: int = 64
-    vision_layers: int = 3  # select layer -2 -> the first 2 layers are used
-    vision_heads: int = 4
-    hidden: int = 128
-    layers: int = 4
-    heads: int = 4
-    kv_heads: int = 4
-    intermediate: int = 384
+    # the architecture (image 96 px, 4 px patches -> 576 tokens); override as model.hidden=..., etc.
+    model: TinySpec = field(default_factory=lambda: TinySpec(
+        vision_hidden=64, vision_layers=3,  # select layer -2 -> the first 2 layers are used
+        vision_heads=4, hidden=128, layers=4, heads=4, kv_heads=4, intermediate=384, vocab_size=640))
     max_length: int = 1024
     threads: int = 0  # 0 = torch default
     tb_dir: str = "runs/playground-train"
@@ -166,10 +161,7 @@ def train(cfg: PlaygroundTrainConfig) -> dict:
     from llava_restore.playground.data import corpus_texts
 
     torch.manual_seed(cfg.seed)
-    spec = TinySpec(image_size=96, patch_size=4, vision_hidden=cfg.vision_hidden, vision_layers=cfg.vision_layers,
-                    vision_heads=cfg.vision_heads, hidden=cfg.hidden, layers=cfg.layers, heads=cfg.heads,
-                    kv_heads=cfg.kv_heads, intermediate=cfg.intermediate, vocab_size=cfg.vocab_size)
-    tok, model, proc = build_tiny(spec, seed=cfg.seed, tokenizer_texts=corpus_texts(cfg.data))
+    tok, model, proc = build_tiny(cfg.model, seed=cfg.seed, tokenizer_texts=corpus_texts(cfg.data))
     image_folder = os.path.join(cfg.data, cfg.image_folder)
     ds = SupervisedDataset(os.path.join(cfg.data, cfg.train_file), image_folder, tok, proc, max_length=cfg.max_length)
     gen = torch.Generator().manual_seed(cfg.seed)
