@@ -4,7 +4,7 @@ from text alone? (not part of the package)
 Each sample lists 5 (colour, shape) pairs as words, then asks "Is there a <colour> <shape> in the
 image? ... ASSISTANT:" (conjunctive recall); only the Yes/No token is supervised. Batch 32, AdamW.
 Environment knobs: STEPS, LR (3e-3), INIT (std of the decoder's matrices, 0.02 as build_tiny),
-SHORT=1 (no system prompt), COLOR=1 ("Is there a red object?"), COPY=1 (colour of the first
+HIDDEN/LAYERS/HEADS (128/4/4), SHORT=1 (no system prompt), COLOR=1 ("Is there a red object?"), COPY=1 (colour of the first
 object), T (threads). Usage, from the repository root with the playground data built:
 
     SHORT=1 COLOR=1 INIT=0.09 STEPS=800 python playground/experiments/recall_toy.py [embedding_std=1.0]
@@ -17,7 +17,9 @@ from llava_restore.model.mm_utils import pad_sequences
 from llava_restore.playground import vocab as V
 emb_std = float(sys.argv[1]) if len(sys.argv) > 1 else 1.0
 mode = sys.argv[2] if len(sys.argv) > 2 else "text"
-spec = TinySpec(image_size=96, patch_size=4, vision_hidden=64, vision_layers=3, vision_heads=4, hidden=128, layers=4, heads=4, kv_heads=4, intermediate=384, vocab_size=640)
+_h, _l, _n = (int(os.environ.get(k, d)) for k, d in (("HIDDEN", 128), ("LAYERS", 4), ("HEADS", 4)))
+spec = TinySpec(image_size=96, patch_size=4, vision_hidden=64, vision_layers=3, vision_heads=4, hidden=_h, layers=_l,
+                heads=_n, kv_heads=_n, intermediate=3 * _h, vocab_size=640)
 tok, model, proc = build_tiny(spec, seed=0, tokenizer_texts=corpus_texts("playground/data"))
 with torch.no_grad():
     model.model.embed_tokens.weight.normal_(0, emb_std)
