@@ -61,6 +61,7 @@ class PlaygroundTrainConfig:
     vision_pretrain_steps: int = 300
     vision_pretrain_batch: int = 32
     vision_lr: float = 2e-3
+    vision_warmup: int = 30
     # stage 2: LLaVA-style, vision tower frozen; projector rescaled to the text-embedding scale
     freeze_vision: bool = True
     projector_rescale: bool = True
@@ -112,10 +113,10 @@ def pretrain_vision(model, proc, cfg: PlaygroundTrainConfig, writer) -> float:
     for step in tqdm(range(cfg.vision_pretrain_steps), desc="stage 1: ViT patch pre-training", unit="step"):
         idx = torch.randint(len(scenes), (cfg.vision_pretrain_batch,), generator=gen).tolist()
         imgs = [load_image(os.path.join(cfg.data, scenes[i]["image"])) for i in idx]
-        px = process_images(imgs, proc, "pad")
+        px = process_images(imgs, proc, model.config.image_aspect_ratio)
         labels = torch.stack([patch_labels(scenes[i]["scene"], grid, tower.config.patch_size) for i in idx])  # (B, 3, N)
         feats = tower(px).features  # (B, N, Dv)
-        lr = cfg.vision_lr * min(1.0, (step + 1) / 30) * 0.5 * (1 + math.cos(math.pi * step / cfg.vision_pretrain_steps))
+        lr = cfg.vision_lr * min(1.0, (step + 1) / cfg.vision_warmup) * 0.5 * (1 + math.cos(math.pi * step / cfg.vision_pretrain_steps))
         for g in opt.param_groups:
             g["lr"] = lr
         loss = sum(torch.nn.functional.cross_entropy(h(feats).flatten(0, 1), labels[:, k].flatten())
@@ -137,7 +138,7 @@ def rescale_projector(model, proc, cfg: PlaygroundTrainConfig) -> float:
 
     with open(os.path.join(cfg.data, "scenes", "train.jsonl")) as f:
         paths = [json.loads(line)["image"] for _, line in zip(range(16), f)]
-    px = process_images([load_image(os.path.join(cfg.data, p)) for p in paths], proc, "pad")
+    px = process_images([load_image(os.path.join(cfg.data, p)) for p in paths], proc, model.config.image_aspect_ratio)
     _, proj, _ = model.encode_images(px)
     factor = model.model.embed_tokens.weight.std().item() / proj.std().item()
     last = [m for m in model.model.mm_projector.modules() if isinstance(m, torch.nn.Linear)][-1]
