@@ -30,6 +30,7 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from llava_restore.model.builder import save_pretrained
+from llava_restore.reduction.config import ReductionConfig
 from llava_restore.tools.make_tiny import TinySpec, build_tiny
 from llava_restore.train.data import Collator, SupervisedDataset
 
@@ -55,6 +56,9 @@ class PlaygroundTrainConfig:
         vision_heads=4, hidden=128, layers=4, heads=4, kv_heads=4, intermediate=384, vocab_size=640))
     max_length: int = 1024
     threads: int = 0  # 0 = torch default
+    device: str = "cpu"  # the issue's budget is CPU; "cuda" for exploratory sweeps
+    workers: int = 0  # DataLoader workers for stage 2
+    decoder_init_std: float = 0.02  # std of the projector/decoder weight matrices (LLaMA: 0.02)
     tb_dir: str = "runs/playground-train"
     log_every: int = 10
     # stage 1: dense patch supervision of the ViT (our stand-in for CLIP pre-training)
@@ -65,6 +69,10 @@ class PlaygroundTrainConfig:
     # stage 2: LLaVA-style, vision tower frozen; projector rescaled to the text-embedding scale
     freeze_vision: bool = True
     projector_rescale: bool = True
+    # optional token reduction during stage 2 (e.g. method=divprune n_vis=144 position_mode=retain),
+    # switched off for the last ``full_token_steps`` steps so the model ends on all 576 tokens
+    train_reduction: ReductionConfig = field(default_factory=ReductionConfig)
+    full_token_steps: int = 0
 
 
 def lr_at(step: int, cfg: PlaygroundTrainConfig) -> float:
@@ -104,7 +112,7 @@ def pretrain_vision(model, proc, cfg: PlaygroundTrainConfig, writer) -> float:
     with open(os.path.join(cfg.data, "scenes", "train.jsonl")) as f:
         scenes = [json.loads(line) for line in f]
     heads = torch.nn.ModuleList([torch.nn.Linear(tower.hidden_size, n + 1) for n in
-                                 (len(vocab.COLORS), len(vocab.SHAPES) + 1, 2)])
+                                 (len(vocab.COLORS), len(vocab.SHAPES) + 1, 2)]).to(cfg.device)
     params = list(tower.parameters()) + list(heads.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.vision_lr, betas=(0.9, 0.98))
     gen = torch.Generator().manual_seed(cfg.seed + 1)
@@ -113,8 +121,8 @@ def pretrain_vision(model, proc, cfg: PlaygroundTrainConfig, writer) -> float:
     for step in tqdm(range(cfg.vision_pretrain_steps), desc="stage 1: ViT patch pre-training", unit="step"):
         idx = torch.randint(len(scenes), (cfg.vision_pretrain_batch,), generator=gen).tolist()
         imgs = [load_image(os.path.join(cfg.data, scenes[i]["image"])) for i in idx]
-        px = process_images(imgs, proc, model.config.image_aspect_ratio)
-        labels = torch.stack([patch_labels(scenes[i]["scene"], grid, tower.config.patch_size) for i in idx])  # (B, 3, N)
+        px = process_images(imgs, proc, model.config.image_aspect_ratio).to(cfg.device)
+        labels = torch.stack([patch_labels(scenes[i]["scene"], grid, tower.config.patch_size) for i in idx]).to(cfg.device)  # (B, 3, N)
         feats = tower(px).features  # (B, N, Dv)
         lr = cfg.vision_lr * min(1.0, (step + 1) / cfg.vision_warmup) * 0.5 * (1 + math.cos(math.pi * step / cfg.vision_pretrain_steps))
         for g in opt.param_groups:
@@ -139,7 +147,7 @@ def rescale_projector(model, proc, cfg: PlaygroundTrainConfig) -> float:
     with open(os.path.join(cfg.data, "scenes", "train.jsonl")) as f:
         paths = [json.loads(line)["image"] for _, line in zip(range(16), f)]
     px = process_images([load_image(os.path.join(cfg.data, p)) for p in paths], proc, model.config.image_aspect_ratio)
-    _, proj, _ = model.encode_images(px)
+    _, proj, _ = model.encode_images(px.to(cfg.device))
     factor = model.model.embed_tokens.weight.std().item() / proj.std().item()
     last = [m for m in model.model.mm_projector.modules() if isinstance(m, torch.nn.Linear)][-1]
     last.weight.mul_(factor)
@@ -155,7 +163,16 @@ def ensure_data(cfg: PlaygroundTrainConfig) -> None:
         build(cfg.data)
 
 
-def train(cfg: PlaygroundTrainConfig) -> dict:
+def _reinit_decoder(model, std: float) -> None:
+    """Redraw every projector/decoder weight matrix (not the embeddings) with ``std``."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if not name.startswith("model.vision_tower") and p.dim() > 1 and "embed" not in name:
+                p.normal_(0.0, std)
+
+
+def train(cfg: PlaygroundTrainConfig, on_step=None) -> dict:
+    """``on_step(step, model, tokenizer, image_processor)``, if given, is called after every optimiser step (evaluation hooks)."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     ensure_data(cfg)
@@ -163,11 +180,14 @@ def train(cfg: PlaygroundTrainConfig) -> dict:
 
     torch.manual_seed(cfg.seed)
     tok, model, proc = build_tiny(cfg.model, seed=cfg.seed, tokenizer_texts=corpus_texts(cfg.data))
+    if cfg.decoder_init_std != 0.02:
+        _reinit_decoder(model, cfg.decoder_init_std)
+    model.to(cfg.device)
     image_folder = os.path.join(cfg.data, cfg.image_folder)
     ds = SupervisedDataset(os.path.join(cfg.data, cfg.train_file), image_folder, tok, proc, max_length=cfg.max_length)
     gen = torch.Generator().manual_seed(cfg.seed)
     loader = DataLoader(ds, batch_size=cfg.batch_size, shuffle=True, generator=gen, collate_fn=Collator(tok.pad_token_id),
-                        num_workers=0, drop_last=True)
+                        num_workers=cfg.workers, drop_last=True)
     n_params = sum(p.numel() for p in model.parameters())
     print(f"playground model: {n_params / 1e6:.2f}M parameters; {len(ds)} training records; {cfg.steps} steps")
     writer = SummaryWriter(cfg.tb_dir)
@@ -182,6 +202,8 @@ def train(cfg: PlaygroundTrainConfig) -> dict:
     model.train()
     if cfg.freeze_vision:
         model.get_vision_tower().eval()
+    r = cfg.train_reduction
+    train_red = None if (r.method == "none" and r.n_vis is None) else r.resolve()
     step, t0, tokens, losses = 0, time.time(), 0, []
     n_trunc = 0
     bar = tqdm(total=cfg.steps, desc="stage 2: LLaVA training", unit="step")
@@ -191,7 +213,10 @@ def train(cfg: PlaygroundTrainConfig) -> dict:
                 break
             for g in opt.param_groups:
                 g["lr"] = lr_at(step, cfg)
-            out = model(batch["input_ids"], batch["attention_mask"], batch["images"], labels=batch["labels"])
+            dev = {k: None if batch[k] is None else batch[k].to(cfg.device)
+                   for k in ("input_ids", "attention_mask", "images", "labels")}
+            red = train_red if step < cfg.steps - cfg.full_token_steps else None
+            out = model(dev["input_ids"], dev["attention_mask"], dev["images"], labels=dev["labels"], reduction=red)
             opt.zero_grad(set_to_none=True)
             out.loss.backward()
             torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
@@ -207,10 +232,12 @@ def train(cfg: PlaygroundTrainConfig) -> dict:
                 writer.add_scalar("train/loss", sum(losses[-cfg.log_every:]) / len(losses[-cfg.log_every:]), step)
                 writer.add_scalar("train/lr", lr_at(step - 1, cfg), step)
                 writer.add_scalar("train/tokens_per_s", tokens / el, step)
+            if on_step is not None:
+                on_step(step, model, tok, proc)
     bar.close()
     elapsed = time.time() - t_start
     writer.close()
-    model.eval()
+    model.eval().cpu()
     save_pretrained(model, cfg.out, tokenizer=tok, image_processor=proc, fmt="liuhaotian")
     summary = {"steps": cfg.steps, "train_seconds": round(elapsed, 1), "stage1_seconds": round(t_stage1, 1),
                "stage1_final_loss": vision_loss, "projector_scale": scale, "params": n_params,
