@@ -50,3 +50,37 @@ def test_image_count_mismatch_is_named(tiny_loaded):
         assert "2 image placeholders" in str(exc) and "1 images" in str(exc)
     else:
         raise AssertionError("a placeholder/image count mismatch must raise")
+
+
+def test_rows_finishing_early_are_dropped_without_changing_answers():
+    """Rows that emit EOS leave the batch (the KV cache shrinks); every row's tokens still equal
+    its single-sequence decode, with and without RESTORE, cached and recomputed."""
+    from llava_restore.reduction.config import ReductionConfig
+
+    from llava_restore.tools.make_tiny import build_tiny
+
+    tok, model, proc = build_tiny(seed=0)
+    with torch.no_grad():  # scaled up so that each row decodes differently
+        for name, p in model.named_parameters():
+            if not name.startswith("model.vision_tower") and p.dim() > 1 and "embed" not in name:
+                p.mul_(10.0)
+    ids, mask, images, seqs = make_batch(tok, proc, QUESTIONS, SEEDS)
+    free = model.generate(ids, mask, images, max_new_tokens=8, eos_token_id=-1)  # (3, 8), no EOS
+    # an "EOS" that the rows emit at different steps (or never): rows then finish at different times
+    def lengths_for(t):
+        return [(r.tolist().index(t) + 1) if t in r.tolist() else 8 for r in free]
+
+    eos = max(sorted(set(free.flatten().tolist())), key=lambda t: (len(set(lengths_for(t))), -min(lengths_for(t))))
+    lengths = lengths_for(eos)
+    assert len(set(lengths)) > 1, f"the rows' free decodes {free.tolist()} share every token position"
+    for red in (None, ReductionConfig(method="divprune", n_vis=7, restore=True, distance_in_decode=True).resolve()):
+        for cache in (True, False):
+            batch = model.generate(ids, mask, images, reduction=red, max_new_tokens=8, eos_token_id=eos,
+                                   pad_token_id=0, use_cache=cache)
+            for b in range(3):
+                single = model.generate(seqs[b][None], images=images[b:b + 1], reduction=red, max_new_tokens=8,
+                                        eos_token_id=eos, pad_token_id=0, use_cache=cache)[0].tolist()
+                row = batch[b].tolist()
+                assert row[:len(single)] == single and all(t == 0 for t in row[len(single):]), (red, cache, b)
+            if red is None:
+                assert batch.shape[1] == max(lengths)

@@ -63,6 +63,15 @@ class KVCache:
     def length(self) -> int:
         return 0 if self.key_valid is None else self.key_valid.shape[1]
 
+    def select_rows(self, rows: torch.Tensor) -> None:
+        """Keep only batch rows ``rows`` (1-D long), in that order (drops finished sequences)."""
+        self.keys = [k.index_select(0, rows) for k in self.keys]
+        self.values = [v.index_select(0, rows) for v in self.values]
+        for name in ("key_valid", "key_pos", "key_log_size", "key_log_size_l0", "key_visual", "next_pos"):
+            t = getattr(self, name)
+            if t is not None:
+                setattr(self, name, t.index_select(0, rows))
+
 
 class LlamaAttention(nn.Module):
     def __init__(self, cfg: TextConfig, layer_idx: int):

@@ -251,27 +251,39 @@ class LlavaLlamaForCausalLM(nn.Module):
         B = input_ids.shape[0]
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids, dtype=torch.bool)
-        done = torch.zeros(B, dtype=torch.bool, device=input_ids.device)
-        out_tokens = []
+        dev = input_ids.device
+        done = torch.zeros(B, dtype=torch.bool, device=dev)
+        tokens = torch.full((B, max(max_new_tokens, 0)), pad, dtype=torch.long, device=dev)
+        active = torch.arange(B, device=dev)  # rows of the full batch still decoding (cached path)
+        n_steps = 0
         ids, mask = input_ids, attention_mask.bool()
         out = self(ids, mask, images, reduction=reduction, use_cache=use_cache, padding_side="left",
                    attn_backend=attn_backend, last_logits_only=True)
         prepared = out.prepared
         for step in range(max_new_tokens):
-            nxt = self._pick(out.logits[:, -1].float(), do_sample, temperature, top_p, generator)  # (B,)
-            nxt = torch.where(done, torch.full_like(nxt, pad), nxt)
-            out_tokens.append(nxt)
-            done = done | (nxt == eos)
-            if bool(done.all()) or step == max_new_tokens - 1:
-                break
+            nxt = self._pick(out.logits[:, -1].float(), do_sample, temperature, top_p, generator)  # (A,)
+            n_steps = step + 1
             if use_cache:
+                tokens[active, step] = nxt
+                finished = nxt == eos
+                if bool(finished.all()) or step == max_new_tokens - 1:
+                    break
+                if bool(finished.any()):  # drop finished rows: the batch shrinks instead of padding on
+                    keep = (~finished).nonzero(as_tuple=True)[0]
+                    out.cache.select_rows(keep)
+                    active, nxt = active[keep], nxt[keep]
                 out = self(nxt[:, None], reduction=reduction, cache=out.cache, attn_backend=attn_backend)
             else:
+                nxt = torch.where(done, torch.full_like(nxt, pad), nxt)
+                tokens[:, step] = nxt
+                done = done | (nxt == eos)
+                if bool(done.all()) or step == max_new_tokens - 1:
+                    break
                 ids = torch.cat([ids, nxt[:, None]], 1)
                 mask = torch.cat([mask, torch.ones(B, 1, dtype=torch.bool, device=mask.device)], 1)
                 out = self(ids, mask, images, reduction=reduction, padding_side="left", attn_backend=attn_backend,
                            last_logits_only=True)
-        tokens = torch.stack(out_tokens, 1) if out_tokens else input_ids.new_zeros(B, 0)
+        tokens = tokens[:, :n_steps]
         return (tokens, prepared) if return_prepared else tokens
 
     @staticmethod

@@ -22,6 +22,7 @@ import math
 import os
 import time
 from dataclasses import asdict, dataclass, field
+from typing import List
 
 import torch
 from omegaconf import OmegaConf
@@ -30,6 +31,7 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from llava_restore.model.builder import save_pretrained
+from llava_restore.playground.grounding import AttnInputs, grounding_loss
 from llava_restore.reduction.config import ReductionConfig
 from llava_restore.tools.make_tiny import TinySpec, build_tiny
 from llava_restore.train.data import Collator, SupervisedDataset
@@ -73,6 +75,10 @@ class PlaygroundTrainConfig:
     # switched off for the last ``full_token_steps`` steps so the model ends on all 576 tokens
     train_reduction: ReductionConfig = field(default_factory=ReductionConfig)
     full_token_steps: int = 0
+    # attention supervision (llava_restore/playground/grounding.py): weight 0 = off
+    ground_weight: float = 0.0
+    ground_layers: List[int] = field(default_factory=lambda: [-2, -1])
+    ground_file: str = "train/llava_playground_train_grounding.json"  # relative to data
 
 
 def lr_at(step: int, cfg: PlaygroundTrainConfig) -> float:
@@ -171,8 +177,29 @@ def _reinit_decoder(model, std: float) -> None:
                 p.normal_(0.0, std)
 
 
+class _Grounded(torch.utils.data.Dataset):
+    """(Example, per-turn boxes) pairs: the LLaVA dataset plus the grounding side file."""
+
+    def __init__(self, ds: SupervisedDataset, boxes: dict):
+        self.ds, self.boxes = ds, boxes
+
+    def __len__(self):
+        return len(self.ds)
+
+    def __getitem__(self, i):
+        return self.ds[i], self.boxes.get(self.ds.records[i].get("id"), [])
+
+
+class _GroundedCollator:
+    def __init__(self, pad_id: int):
+        self.base = Collator(pad_id)
+
+    def __call__(self, items):
+        return {**self.base([e for e, _ in items]), "grounding": [g for _, g in items]}
+
+
 def train(cfg: PlaygroundTrainConfig, on_step=None) -> dict:
-    """``on_step(step, model, tokenizer, image_processor)``, if given, is called after every optimiser step (evaluation hooks)."""
+    """``on_step(step, model, tokenizer, image_processor, {"loss", "ground"})``, if given, is called after every optimiser step (evaluation hooks)."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     ensure_data(cfg)
@@ -186,7 +213,16 @@ def train(cfg: PlaygroundTrainConfig, on_step=None) -> dict:
     image_folder = os.path.join(cfg.data, cfg.image_folder)
     ds = SupervisedDataset(os.path.join(cfg.data, cfg.train_file), image_folder, tok, proc, max_length=cfg.max_length)
     gen = torch.Generator().manual_seed(cfg.seed)
-    loader = DataLoader(ds, batch_size=cfg.batch_size, shuffle=True, generator=gen, collate_fn=Collator(tok.pad_token_id),
+    collate = Collator(tok.pad_token_id)
+    if cfg.ground_weight > 0:
+        gpath = os.path.join(cfg.data, cfg.ground_file)
+        if not os.path.isfile(gpath):
+            raise FileNotFoundError(f"ground_weight={cfg.ground_weight} needs the grounding side file {gpath}; "
+                                    "rebuild the data (python -m llava_restore.playground build --force)")
+        with open(gpath) as f:
+            ds = _Grounded(ds, json.load(f))
+        collate = _GroundedCollator(tok.pad_token_id)
+    loader = DataLoader(ds, batch_size=cfg.batch_size, shuffle=True, generator=gen, collate_fn=collate,
                         num_workers=cfg.workers, drop_last=True)
     n_params = sum(p.numel() for p in model.parameters())
     print(f"playground model: {n_params / 1e6:.2f}M parameters; {len(ds)} training records; {cfg.steps} steps")
@@ -204,7 +240,9 @@ def train(cfg: PlaygroundTrainConfig, on_step=None) -> dict:
         model.get_vision_tower().eval()
     r = cfg.train_reduction
     train_red = None if (r.method == "none" and r.n_vis is None) else r.resolve()
-    step, t0, tokens, losses = 0, time.time(), 0, []
+    cap = AttnInputs(model, cfg.ground_layers) if cfg.ground_weight > 0 else None
+    grid, patch = model.get_vision_tower().grid_hw[0], model.get_vision_tower().config.patch_size
+    step, t0, tokens, losses, glosses = 0, time.time(), 0, [], []
     n_trunc = 0
     bar = tqdm(total=cfg.steps, desc="stage 2: LLaVA training", unit="step")
     while step < cfg.steps:
@@ -217,8 +255,15 @@ def train(cfg: PlaygroundTrainConfig, on_step=None) -> dict:
                    for k in ("input_ids", "attention_mask", "images", "labels")}
             red = train_red if step < cfg.steps - cfg.full_token_steps else None
             out = model(dev["input_ids"], dev["attention_mask"], dev["images"], labels=dev["labels"], reduction=red)
+            loss = out.loss
+            if cap is not None:
+                g = grounding_loss(cap, out.prepared, batch["grounding"], grid, patch)
+                cap.clear()
+                if g is not None:
+                    loss = loss + cfg.ground_weight * g
+                    glosses.append(g.item())
             opt.zero_grad(set_to_none=True)
-            out.loss.backward()
+            loss.backward()
             torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
             opt.step()
             n_trunc += batch["n_truncated"]
@@ -226,15 +271,19 @@ def train(cfg: PlaygroundTrainConfig, on_step=None) -> dict:
             losses.append(out.loss.item())
             step += 1
             bar.update(1)
-            bar.set_postfix(loss=f"{losses[-1]:.3f}")
+            bar.set_postfix(loss=f"{losses[-1]:.3f}", **({"ground": f"{glosses[-1]:.2f}"} if glosses else {}))
             if step % cfg.log_every == 0 or step == cfg.steps:
                 el = time.time() - t0
                 writer.add_scalar("train/loss", sum(losses[-cfg.log_every:]) / len(losses[-cfg.log_every:]), step)
                 writer.add_scalar("train/lr", lr_at(step - 1, cfg), step)
                 writer.add_scalar("train/tokens_per_s", tokens / el, step)
+                if glosses:
+                    writer.add_scalar("train/ground_loss", sum(glosses[-cfg.log_every:]) / len(glosses[-cfg.log_every:]), step)
             if on_step is not None:
-                on_step(step, model, tok, proc)
+                on_step(step, model, tok, proc, {"loss": losses[-1], "ground": glosses[-1] if glosses else None})
     bar.close()
+    if cap is not None:
+        cap.close()
     elapsed = time.time() - t_start
     writer.close()
     model.eval().cpu()
@@ -242,6 +291,7 @@ def train(cfg: PlaygroundTrainConfig, on_step=None) -> dict:
     summary = {"steps": cfg.steps, "train_seconds": round(elapsed, 1), "stage1_seconds": round(t_stage1, 1),
                "stage1_final_loss": vision_loss, "projector_scale": scale, "params": n_params,
                "final_loss": sum(losses[-20:]) / len(losses[-20:]), "first_loss": losses[0],
+               "final_ground_loss": sum(glosses[-20:]) / len(glosses[-20:]) if glosses else None,
                "truncated_records": n_trunc, "config": asdict(cfg)}
     with open(os.path.join(cfg.out, "train_summary.json"), "w") as f:
         json.dump(summary, f, indent=2)

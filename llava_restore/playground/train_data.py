@@ -32,6 +32,9 @@ from llava_restore.playground.scene import Scene, sample_scene
 from llava_restore.playground.sink import Sink, stream
 
 TRAIN_JSON = "train/llava_playground_train.json"  # relative to the data folder
+# Side file (not part of LLaVA's format): {record id: per turn, the boxes of the objects asked about},
+# for the trainer's optional attention supervision.
+GROUNDING_JSON = "train/llava_playground_train_grounding.json"
 IMAGE_FOLDER = ""  # image paths in TRAIN_JSON are relative to the data folder itself
 IMAGE_DIR = "images/train"
 
@@ -80,7 +83,7 @@ def _mme_turn(scene: Scene, rng: random.Random) -> Optional[Tuple[str, str]]:
     return f"{pair[i]}\n{vocab.SHORT_ANSWER}", ("Yes", "No")[i]
 
 
-def _mc_turn(scene: Scene, rng: random.Random) -> Optional[Tuple[str, str]]:
+def _mc_turn(scene: Scene, rng: random.Random) -> Optional[Tuple[str, str, Tuple[int, ...]]]:
     qa = ask(scene, rng, rng.choice(MC_KINDS))
     if qa is None:
         return None
@@ -88,7 +91,7 @@ def _mc_turn(scene: Scene, rng: random.Random) -> Optional[Tuple[str, str]]:
     question = qa.question
     if rng.random() < HINT_PROB:
         question = f"{HINT}\n{question}"
-    return f"{question}\n{format_options(opts)}\n{vocab.MC_ANSWER}", vocab.OPTION_LETTERS[ans]
+    return f"{question}\n{format_options(opts)}\n{vocab.MC_ANSWER}", vocab.OPTION_LETTERS[ans], qa.refs
 
 
 def _conversation(turns: List[Tuple[str, str]], with_image: bool) -> List[dict]:
@@ -99,30 +102,42 @@ def _conversation(turns: List[Tuple[str, str]], with_image: bool) -> List[dict]:
     return conv
 
 
+Turn = Tuple[str, str, Tuple[int, ...]]  # question, answer, indices of the objects it is about
+
+
 def image_records(i: int, scene: Scene, rng: random.Random, n_short: int) -> List[dict]:
+    """The image's records; each carries ``refs`` (one tuple of object indices per turn) until
+    ``build`` moves them to the grounding side file."""
     image = f"{IMAGE_DIR}/pg{i:06d}.png"
-    recs = []
-    turns: List[Tuple[str, str]] = []
+    recs: List[List[Turn]] = []
+    turns: List[Turn] = []
     for qa in sample_questions(scene, rng, SHORT_WEIGHTS, n_short):
         turn = _mme_turn(scene, rng) if rng.random() < MME_PROB else None
-        turns.append(turn or _short_turn(qa, scene, rng))
-    turns = list({q: (q, a) for q, a in turns}.values())  # distinct questions within a record
+        turns.append((*turn, ()) if turn else (*_short_turn(qa, scene, rng), qa.refs))
+    turns = list({t[0]: t for t in turns}.values())  # distinct questions within a record
     if turns:
         recs.append(turns)
     if rng.random() < MC_PROB:
         mc = [t for t in (_mc_turn(scene, rng) for _ in range(rng.randint(1, 2))) if t is not None]
         if mc:
-            recs.append(list({q: (q, a) for q, a in mc}.values()))
+            recs.append(list({t[0]: t for t in mc}.values()))
     if rng.random() < SQA_PROB:
         made = rng.choice(sqa.IMAGE_MAKERS)(scene, rng)
         if made is not None:
             q, choices, ans, hint, _ = made
             body = sqa.human_value(q, choices, hint, has_image=False)
-            recs.append([(f"{body}\n{vocab.MC_ANSWER}", vocab.OPTION_LETTERS[ans])])
+            recs.append([(f"{body}\n{vocab.MC_ANSWER}", vocab.OPTION_LETTERS[ans], ())])
     if rng.random() < CAPTION_PROB:
-        recs.append([(vocab.CAPTION_PROMPT, caption(scene))])
-    return [{"id": f"pg{i:06d}_{j}", "image": image, "conversations": _conversation(t, True)}
+        recs.append([(vocab.CAPTION_PROMPT, caption(scene), ())])
+    return [{"id": f"pg{i:06d}_{j}", "image": image,
+             "conversations": _conversation([(q, a) for q, a, _ in t], True), "refs": [r for _, _, r in t]}
             for j, t in enumerate(recs)]
+
+
+def grounding(rec: dict, scene: Scene) -> List[List[List[int]]]:
+    """Per turn, the boxes [x, y, w, h] (pixels) of the objects the question is about ([] if none)."""
+    return [[[scene.objects[k].x, scene.objects[k].y, scene.objects[k].w, scene.objects[k].w] for k in refs]
+            for refs in rec["refs"]]
 
 
 def n_images(sizes, seed: int) -> int:
@@ -130,7 +145,7 @@ def n_images(sizes, seed: int) -> int:
 
 
 def build(sink: Sink, seed: int, sizes) -> dict:
-    records, scenes = [], []
+    records, scenes, boxes = [], [], {}
     n_qa = 0
     for i in range(sizes.train_images):
         rng = stream(seed, "train", i)
@@ -138,6 +153,9 @@ def build(sink: Sink, seed: int, sizes) -> dict:
         sink.image(f"{IMAGE_DIR}/pg{i:06d}.png", scene, "train")
         scenes.append((f"{IMAGE_DIR}/pg{i:06d}.png", scene))
         recs = image_records(i, scene, rng, sizes.train_qa_per_image)
+        for r in recs:
+            boxes[r["id"]] = grounding(r, scene)
+            del r["refs"]
         records += recs
         n_qa += sum(len(r["conversations"]) // 2 for r in recs)
         if (i + 1) % TEXT_ONLY_PER_IMAGES == 0:
@@ -148,5 +166,6 @@ def build(sink: Sink, seed: int, sizes) -> dict:
                                                              vocab.OPTION_LETTERS[ans])], False)})
             n_qa += 1
     sink.json(TRAIN_JSON, records)
+    sink.json(GROUNDING_JSON, boxes)
     write_scenes(sink, "train", scenes)
     return {"train_records": len(records), "train_qa": n_qa}

@@ -91,7 +91,15 @@ def evaluate(model, tok, proc):
 T0 = time.time()
 
 
-def on_step(step, model, tok, proc):
+LOSS = []
+
+
+def on_step(step, model, tok, proc, stats):
+    LOSS.append((stats["loss"], stats["ground"] if stats["ground"] is not None else float("nan")))
+    if step % 50 == 0:
+        tail = LOSS[-50:]
+        print(f"STEP {step} loss {sum(a for a, _ in tail) / len(tail):.3f} ground {sum(b for _, b in tail) / len(tail):.3f} "
+              f"t {time.time() - T0:.0f}s", flush=True)
     if step % own.eval_every == 0 or step == cfg.steps:
         te = time.time()
         r = evaluate(model, tok, proc)
