@@ -70,12 +70,49 @@ def answer_queries(labels: torch.Tensor) -> List[List[int]]:
     return [(row.nonzero(as_tuple=True)[0] - 1).tolist() for row in starts]
 
 
+def spliced_ids(input_ids: torch.Tensor, attention_mask: torch.Tensor, prepared) -> torch.Tensor:
+    """(B, L) the text token id at each position of the spliced sequence (-1 on visual/padding)."""
+    out = torch.full(prepared.valid.shape, -1, dtype=torch.long, device=prepared.valid.device)
+    for b in range(out.shape[0]):
+        text = input_ids[b][attention_mask[b].bool() & (input_ids[b] >= 0)]  # the placeholder id is negative
+        slots = prepared.valid[b] & ~prepared.visual[b]
+        out[b, slots] = text.to(out.device)
+    return out
+
+
+def query_spans(ids: torch.Tensor, labels: torch.Tensor, mention_ids: torch.Tensor, from_mention: bool):
+    """Per sample, per supervised turn, the query positions to supervise: the position predicting
+    the answer's first token, and with ``from_mention`` every position from the turn's last
+    mention word (a colour, a shape, "object") up to it."""
+    ends = answer_queries(labels)
+    spans = []
+    for b, row in enumerate(ends):
+        sup = (labels[b] != IGNORE_INDEX).tolist()
+        is_mention = torch.isin(ids[b], mention_ids).tolist()
+        turns, prev_end = [], 0
+        for q in row:
+            start = q
+            if from_mention:
+                for p in range(q, prev_end - 1, -1):
+                    if is_mention[p]:
+                        start = p
+                        break
+            turns.append(list(range(start, q + 1)))
+            prev_end = q + 1
+            while prev_end < len(sup) and sup[prev_end]:
+                prev_end += 1
+        spans.append(turns)
+    return spans
+
+
 def grounding_loss(cap: AttnInputs, prepared, grounding: Sequence[Sequence[Sequence[Sequence[int]]]],
-                   grid: int, patch: int, head: int = 0) -> torch.Tensor | None:
-    """The mean -log attention mass on the asked-about patches, or None when nothing is grounded."""
+                   grid: int, patch: int, head: int = 0, spans=None) -> torch.Tensor | None:
+    """The mean -log attention mass on the asked-about patches, or None when nothing is grounded.
+    ``spans`` (from ``query_spans``): the query positions per turn; default: the answer position."""
     if prepared.labels is None or any(r.features.shape[1] != grid * grid for r in prepared.reductions):
         return None
-    queries = answer_queries(prepared.labels)
+    if spans is None:
+        spans = [[[q] for q in row] for row in answer_queries(prepared.labels)]
     terms = []
     for layer in cap.layers:
         x, cos, sin = cap.seen[layer]
@@ -88,15 +125,17 @@ def grounding_loss(cap: AttnInputs, prepared, grounding: Sequence[Sequence[Seque
         q, k = apply_rope(q, cos, sin)[:, 0], apply_rope(k, cos, sin)[:, 0]  # (B, L, d)
         for b in range(B):
             vis = prepared.visual[b].nonzero(as_tuple=True)[0]  # (N,) sequence positions of the patches
-            turns = [(p, boxes) for p, boxes in zip(queries[b], grounding[b]) if boxes]
+            turns = [(ps, boxes) for ps, boxes in zip(spans[b], grounding[b]) if boxes]
             if not turns:
                 continue
-            pos = torch.tensor([p for p, _ in turns], device=x.device)
-            logits = q[b, pos] @ k[b].T / math.sqrt(d)  # (T, L)
+            pos = torch.tensor([p for ps, _ in turns for p in ps], device=x.device)
+            logits = q[b, pos] @ k[b].T / math.sqrt(d)  # (P, L)
             allowed = prepared.valid[b][None, :] & (torch.arange(L, device=x.device)[None, :] <= pos[:, None])
             logp = torch.log_softmax(logits.float().masked_fill(~allowed, float("-inf")), dim=-1)
-            for t, (_, boxes) in enumerate(turns):
+            row = 0
+            for ps, boxes in turns:
                 target = vis[patch_mask(boxes, grid, patch, x.device)]
                 if target.numel():
-                    terms.append(-torch.logsumexp(logp[t, target], dim=0))
+                    terms.append(-torch.logsumexp(logp[row:row + len(ps)][:, target], dim=1).mean())
+                row += len(ps)
     return torch.stack(terms).mean() if terms else None

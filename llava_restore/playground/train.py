@@ -31,7 +31,7 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from llava_restore.model.builder import save_pretrained
-from llava_restore.playground.grounding import AttnInputs, grounding_loss
+from llava_restore.playground.grounding import AttnInputs, grounding_loss, query_spans, spliced_ids
 from llava_restore.reduction.config import ReductionConfig
 from llava_restore.tools.make_tiny import TinySpec, build_tiny
 from llava_restore.train.data import Collator, SupervisedDataset
@@ -68,6 +68,7 @@ class PlaygroundTrainConfig:
     vision_pretrain_batch: int = 32
     vision_lr: float = 2e-3
     vision_warmup: int = 30
+    vision_fg_weight: float = 1.0  # loss weight of object/text patches relative to background ones
     # stage 2: LLaVA-style, vision tower frozen; projector rescaled to the text-embedding scale
     freeze_vision: bool = True
     projector_rescale: bool = True
@@ -79,6 +80,7 @@ class PlaygroundTrainConfig:
     ground_weight: float = 0.0
     ground_layers: List[int] = field(default_factory=lambda: [-2, -1])
     ground_file: str = "train/llava_playground_train_grounding.json"  # relative to data
+    ground_from_mention: bool = False  # also supervise the question positions from its last object word on
 
 
 def lr_at(step: int, cfg: PlaygroundTrainConfig) -> float:
@@ -133,7 +135,9 @@ def pretrain_vision(model, proc, cfg: PlaygroundTrainConfig, writer) -> float:
         lr = cfg.vision_lr * min(1.0, (step + 1) / cfg.vision_warmup) * 0.5 * (1 + math.cos(math.pi * step / cfg.vision_pretrain_steps))
         for g in opt.param_groups:
             g["lr"] = lr
-        loss = sum(torch.nn.functional.cross_entropy(h(feats).flatten(0, 1), labels[:, k].flatten())
+        w = 1.0 + (cfg.vision_fg_weight - 1.0) * (labels[:, 1] > 0).float().flatten()  # (B*N,)
+        loss = sum((w * torch.nn.functional.cross_entropy(h(feats).flatten(0, 1), labels[:, k].flatten(),
+                                                          reduction="none")).sum() / w.sum()
                    for k, h in enumerate(heads))
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -175,6 +179,14 @@ def _reinit_decoder(model, std: float) -> None:
         for name, p in model.named_parameters():
             if not name.startswith("model.vision_tower") and p.dim() > 1 and "embed" not in name:
                 p.normal_(0.0, std)
+
+
+def _mention_ids(tok) -> torch.Tensor:
+    """Token ids of the words that name objects in questions (colours, shapes, 'object')."""
+    from llava_restore.playground import vocab
+
+    words = list(vocab.COLORS) + list(vocab.SHAPES) + list(vocab.PLURALS.values()) + ["object", "objects"]
+    return torch.tensor(sorted({tok.encode(w, add_special_tokens=False)[-1] for w in words}))
 
 
 class _Grounded(torch.utils.data.Dataset):
@@ -241,6 +253,7 @@ def train(cfg: PlaygroundTrainConfig, on_step=None) -> dict:
     r = cfg.train_reduction
     train_red = None if (r.method == "none" and r.n_vis is None) else r.resolve()
     cap = AttnInputs(model, cfg.ground_layers) if cfg.ground_weight > 0 else None
+    mention_ids = _mention_ids(tok).to(cfg.device)
     grid, patch = model.get_vision_tower().grid_hw[0], model.get_vision_tower().config.patch_size
     step, t0, tokens, losses, glosses = 0, time.time(), 0, [], []
     n_trunc = 0
@@ -257,7 +270,11 @@ def train(cfg: PlaygroundTrainConfig, on_step=None) -> dict:
             out = model(dev["input_ids"], dev["attention_mask"], dev["images"], labels=dev["labels"], reduction=red)
             loss = out.loss
             if cap is not None:
-                g = grounding_loss(cap, out.prepared, batch["grounding"], grid, patch)
+                spans = None
+                if cfg.ground_from_mention:
+                    ids_sp = spliced_ids(dev["input_ids"], dev["attention_mask"], out.prepared)
+                    spans = query_spans(ids_sp, out.prepared.labels, mention_ids, True)
+                g = grounding_loss(cap, out.prepared, batch["grounding"], grid, patch, spans=spans)
                 cap.clear()
                 if g is not None:
                     loss = loss + cfg.ground_weight * g

@@ -11,6 +11,7 @@ Prints samples/s, prefill and generate ms/sample, and whether the answers equal 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 from pathlib import Path
@@ -68,9 +69,12 @@ def main(argv=None) -> dict:
     base = rows[0][1]
     print(f"{'batch':>5} {'samples/s':>10} {'prefill ms/s':>13} {'generate ms/s':>14} {'vs bs=' + str(rows[0][0]):>8} "
           f"{'same answers':>13}")
+    ref = [json.loads(line)["text"] for line in texts[rows[0][0]].splitlines()]
     for bs, sps, pre, gen in rows:
-        print(f"{bs:>5} {sps:>10.2f} {pre:>13.1f} {gen:>14.1f} {sps / base:>7.2f}x "
-              f"{'yes' if texts[bs] == texts[rows[0][0]] else 'NO':>13}")
+        got = [json.loads(line)["text"] for line in texts[bs].splitlines()]
+        n_diff = sum(a != b for a, b in zip(got, ref)) + abs(len(got) - len(ref))
+        same = "yes" if n_diff == 0 else f"NO ({n_diff}/{len(ref)} differ)"
+        print(f"{bs:>5} {sps:>10.2f} {pre:>13.1f} {gen:>14.1f} {sps / base:>7.2f}x {same:>13}")
     return {"rows": rows, "ratio": rows[-1][1] / base}
 
 

@@ -1,0 +1,90 @@
+"""Attention supervision helpers (playground training aid): hand-checked positions and losses."""
+import math
+from types import SimpleNamespace
+
+import torch
+
+from llava_restore.constants import IGNORE_INDEX
+from llava_restore.playground.grounding import (AttnInputs, answer_queries, grounding_loss, patch_mask,
+                                                query_spans, spliced_ids)
+
+
+def test_patch_mask_uses_patch_centres():
+    m = patch_mask([[0, 4, 8, 8]], grid=6, patch=4, device="cpu").view(6, 6)  # centres 2, 6, 10, ...
+    expect = torch.zeros(6, 6, dtype=torch.bool)
+    expect[1:3, 0:2] = True
+    assert torch.equal(m, expect)
+    assert patch_mask([], 6, 4, "cpu").sum() == 0
+
+
+def test_answer_queries_and_spans():
+    # positions: 0..9; answers (supervised) at 4-5 and 8-9; mention words at 2 and 6
+    labels = torch.full((1, 10), IGNORE_INDEX)
+    labels[0, 4:6] = 7
+    labels[0, 8:10] = 7
+    assert answer_queries(labels) == [[3, 7]]
+    ids = torch.tensor([[1, 1, 50, 1, 9, 9, 51, 1, 9, 9]])
+    mention = torch.tensor([50, 51])
+    assert query_spans(ids, labels, mention, from_mention=False) == [[[3], [7]]]
+    assert query_spans(ids, labels, mention, from_mention=True) == [[[2, 3], [6, 7]]]
+    # no mention word in the second turn: only its answer position (the first turn's word is not reused)
+    ids2 = ids.clone()
+    ids2[0, 6] = 1
+    assert query_spans(ids2, labels, mention, from_mention=True) == [[[2, 3], [7]]]
+
+
+def test_spliced_ids_skip_visual_and_padding():
+    input_ids = torch.tensor([[5, -200, 6, 7, 0]])  # one image placeholder, right padding
+    mask = torch.tensor([[1, 1, 1, 1, 0]])
+    prepared = SimpleNamespace(valid=torch.tensor([[1, 1, 1, 1, 1, 0]]).bool(),
+                               visual=torch.tensor([[0, 1, 1, 0, 0, 0]]).bool())
+    assert spliced_ids(input_ids, mask, prepared).tolist() == [[5, -1, -1, 6, 7, -1]]
+
+
+class _OneLayer(torch.nn.Module):
+    """Just enough of the decoder for AttnInputs: model.layers[0].self_attn with projections."""
+
+    def __init__(self, d=4, heads=1):
+        super().__init__()
+        attn = torch.nn.Module()
+        attn.head_dim, attn.n_heads, attn.n_kv = d, heads, heads
+        attn.q_proj = torch.nn.Linear(d, d, bias=False)
+        attn.k_proj = torch.nn.Linear(d, d, bias=False)
+        attn.forward = lambda x, cos, sin, ctx, cache: x
+        block = torch.nn.Module()
+        block.self_attn = attn
+        self.model = torch.nn.Module()
+        self.model.layers = torch.nn.ModuleList([block])
+
+
+def test_grounding_loss_is_minus_log_mass_on_the_target_patches():
+    net = _OneLayer()
+    with torch.no_grad():
+        net.model.layers[0].self_attn.q_proj.weight.copy_(torch.eye(4))
+        net.model.layers[0].self_attn.k_proj.weight.copy_(torch.eye(4))
+    cap = AttnInputs(net, [0])
+    # sequence: [text, v0, v1, v2, v3, text(query)]; 2x2 patch grid, patch 4 px
+    x = torch.zeros(1, 6, 4)
+    x[0, 2, 0] = 2.0  # patch 1's key matches the query direction
+    x[0, 5, 0] = 1.0  # the query
+    cos, sin = torch.ones(1, 1, 6, 4), torch.zeros(1, 1, 6, 4)  # RoPE off
+    net.model.layers[0].self_attn(x, cos, sin, None, None)
+    labels = torch.full((1, 6), IGNORE_INDEX)
+    labels[0, 5] = 3  # the answer starts at position 5 -> its query is position 4
+    prepared = SimpleNamespace(labels=labels, valid=torch.ones(1, 6, dtype=torch.bool),
+                               visual=torch.tensor([[0, 1, 1, 1, 1, 0]]).bool(),
+                               reductions=[SimpleNamespace(features=torch.zeros(1, 4, 1))])
+    # query position 4 (v3, a zero vector): keys 0..4 all score 0 -> uniform over 5
+    box_patch1 = [[4, 0, 4, 4]]  # patch (row 0, col 1) = patch index 1 = sequence position 2
+    loss = grounding_loss(cap, prepared, [[box_patch1]], grid=2, patch=4)
+    assert math.isclose(loss.item(), math.log(5), rel_tol=1e-5)
+    # query at position 5 (spans given explicitly): logits q.k/sqrt(4) = 1 for key 2, 0.5 for key 5
+    # (itself), 0 for keys 0, 1, 3, 4
+    loss5 = grounding_loss(cap, prepared, [[box_patch1]], grid=2, patch=4, spans=[[[5]]])
+    expect = -math.log(math.e / (4 + math.e + math.exp(0.5)))
+    assert math.isclose(loss5.item(), expect, rel_tol=1e-5)
+    # a turn with no boxes is not supervised; a reduced batch is skipped
+    assert grounding_loss(cap, prepared, [[[]]], grid=2, patch=4) is None
+    prepared.reductions = [SimpleNamespace(features=torch.zeros(1, 3, 1))]
+    assert grounding_loss(cap, prepared, [[box_patch1]], grid=2, patch=4) is None
+    cap.close()
