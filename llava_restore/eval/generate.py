@@ -210,6 +210,7 @@ class GenSettings:
     num_beams: int = 1
     max_new_tokens: int = 128
     batch_size: int = 1
+    pad_multiple: int = 16  # batched prompts are left-padded to a multiple of this (1 = off)
     reduction: Optional[ReductionConfig] = None
     attn_impl: Optional[str] = None  # None: the reduction config's backend, else the model's
     skip_missing_images: bool = False
@@ -256,6 +257,9 @@ def add_decoding_args(ap: argparse.ArgumentParser) -> None:
     g.add_argument("--num_beams", type=int, default=1, help="only 1 (as LLaVA-1.5 eval)")
     g.add_argument("--max_new_tokens", type=int, default=None, help="default: the benchmark's LLaVA value")
     g.add_argument("--batch-size", type=int, default=1, help="questions per generate call (left padding)")
+    g.add_argument("--pad-to-multiple-of", type=int, default=16, dest="pad_multiple",
+                   help="left-pad batched prompts to a multiple of this many tokens, so batch shapes repeat "
+                        "(GPU kernels are planned per shape); 1 = pad to the longest prompt only")
     g.add_argument("--seed", type=int, default=0, help="sampling seed (temperature > 0 only)")
     g.add_argument("--skip-missing-images", action="store_true",
                    help="skip questions whose image cannot be loaded, recording them in errors.jsonl")
@@ -269,6 +273,8 @@ def settings_from_args(args: argparse.Namespace, adapter: Adapter, parser: argpa
         parser.error(f"--conv-mode {args.conv_mode!r} is unknown; known: {sorted(conv_templates)}")
     if args.batch_size < 1:
         parser.error(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.pad_multiple < 1:
+        parser.error(f"--pad-to-multiple-of must be >= 1, got {args.pad_multiple}")
     if args.num_beams != 1:
         parser.error(f"--num_beams {args.num_beams}: only 1 is supported (LLaVA-1.5 evaluates with 1)")
     if args.temperature < 0:
@@ -286,6 +292,7 @@ def settings_from_args(args: argparse.Namespace, adapter: Adapter, parser: argpa
         parser.error(f"bad reduction flags: {err}")
     return GenSettings(conv_mode=args.conv_mode, temperature=args.temperature, top_p=args.top_p,
                        num_beams=args.num_beams, max_new_tokens=max_new, batch_size=args.batch_size,
+                       pad_multiple=args.pad_multiple,
                        reduction=cfg, attn_impl=args.attn_impl, skip_missing_images=args.skip_missing_images,
                        seed=args.seed, progress=not args.no_progress)
 
@@ -427,7 +434,10 @@ def answer_batch(bundle: ModelBundle, batch: List[tuple], settings: GenSettings,
     tok, model, dev = bundle.tokenizer, bundle.model, bundle.device
     ids = [tokenizer_image_token(build_prompt(s.question, settings.conv_mode), tok, return_tensors="pt")
            for s, _ in batch]
-    input_ids, mask = pad_sequences(ids, tok.pad_token_id, side="left")  # (B, L)
+    # batches are padded to a multiple of settings.pad_multiple so their shapes repeat (GPU
+    # attention/matmul back-ends plan per shape); single prompts are not padded at all
+    multiple = settings.pad_multiple if len(ids) > 1 else 1
+    input_ids, mask = pad_sequences(ids, tok.pad_token_id, side="left", multiple_of=multiple)  # (B, L)
     imgs = [img for _, img in batch if img is not None]
     images = None
     if imgs:

@@ -101,11 +101,16 @@ class KeywordsStoppingCriteria:
         return torch.tensor([any(k in t for k in self.keywords) for t in tails])
 
 
-def pad_sequences(seqs: Sequence[torch.Tensor], pad_id: int, side: str = "left") -> tuple[torch.Tensor, torch.Tensor]:
-    """Stack 1-D id tensors into (B, L) ids and a (B, L) bool mask, padding on ``side``."""
+def pad_sequences(seqs: Sequence[torch.Tensor], pad_id: int, side: str = "left",
+                  multiple_of: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack 1-D id tensors into (B, L) ids and a (B, L) bool mask, padding on ``side``; L is
+    rounded up to ``multiple_of`` (fewer distinct shapes: GPU kernels plan once per shape)."""
     if side not in ("left", "right"):
         raise ValueError(f"padding side {side!r} not in ['left', 'right']")
+    if multiple_of < 1:
+        raise ValueError(f"multiple_of must be >= 1, got {multiple_of}")
     L = max(s.shape[0] for s in seqs)
+    L = -(-L // multiple_of) * multiple_of
     ids = torch.full((len(seqs), L), pad_id, dtype=torch.long)
     mask = torch.zeros(len(seqs), L, dtype=torch.bool)
     for b, s in enumerate(seqs):
