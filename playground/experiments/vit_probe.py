@@ -1,6 +1,14 @@
+"""Exploratory (not part of the package): run stage 1 (ViT patch pre-training) alone with
+``PlaygroundTrainConfig`` overrides, then fit linear probes on the frozen features of the GQA-style
+images' object patches: held-out accuracy of colour, shape and size per patch, and of shape from
+each object's mean patch feature (what an attention head pooling over the object would see).
+
+    T=2 python playground/experiments/vit_probe.py vision_pretrain_steps=150            # the default recipe
+    python playground/experiments/vit_probe.py model.vision_layers=4 model.vision_hidden=96 vision_pretrain_steps=300
+"""
 import json, os, sys, time, torch
 from omegaconf import OmegaConf
-torch.set_num_threads(2)
+torch.set_num_threads(int(os.environ.get("T", "2")))
 from llava_restore.playground.train import PlaygroundTrainConfig, pretrain_vision, patch_labels
 from llava_restore.tools.make_tiny import build_tiny
 from llava_restore.playground.data import corpus_texts
