@@ -17,6 +17,27 @@ from llava_restore.playground import vocab
 from llava_restore.playground.scene import Obj, Scene
 
 TRAIL_STRENGTH = (0.55, 0.3)  # colour strength of the 1st and 2nd trail copy of a moving object
+SHADE = 0.55  # a fill pattern's dark pixels: this fraction of the object's colour
+
+# Each shape has its own period-2 fill pattern as well as its outline, so that one 4x4 patch inside
+# an object already shows its shape (the tiny ViT does not learn shape from outlines alone within
+# its CPU budget; see playground/README.md). True = a dark pixel; (x, y) are image coordinates.
+FILL_PATTERNS = {
+    "square": lambda x, y: y % 2 == 0,  # horizontal stripes
+    "circle": lambda x, y: x % 2 == 0,  # vertical stripes
+    "triangle": lambda x, y: (x + y) % 2 == 0,  # checkerboard
+    "diamond": lambda x, y: x % 2 == 0 and y % 2 == 0,  # sparse dots
+    "cross": lambda x, y: False,  # solid
+    "ring": lambda x, y: not (x % 2 == 0 and y % 2 == 0),  # dense dots
+}
+
+
+@lru_cache(maxsize=32)
+def _pattern_mask(shape: str, size: Tuple[int, int]) -> Image.Image:
+    """'L' image, 255 where ``shape``'s fill pattern has a dark pixel."""
+    pat = FILL_PATTERNS[shape]
+    w, h = size
+    return Image.frombytes("L", size, bytes(255 if pat(x, y) else 0 for y in range(h) for x in range(w)))
 
 
 @lru_cache(maxsize=1)
@@ -54,7 +75,18 @@ def _mix(a: vocab.RGB, b: vocab.RGB, t: float) -> vocab.RGB:
     return tuple(int(round(t * x + (1 - t) * y)) for x, y in zip(a, b))
 
 
-def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, x: int, y: int, w: int, fill: vocab.RGB) -> None:
+def _draw_shape(img: Image.Image, shape: str, x: int, y: int, w: int, fill: vocab.RGB) -> None:
+    """The shape's outline filled with ``fill``, then its fill pattern's dark pixels."""
+    if shape not in FILL_PATTERNS:
+        raise ValueError(f"unknown shape {shape!r}; known: {vocab.SHAPES}")
+    mask = Image.new("L", img.size, 0)
+    _outline(ImageDraw.Draw(mask), shape, x, y, w, 255)
+    img.paste(fill, (0, 0), mask)
+    dark = ImageChops.multiply(mask, _pattern_mask(shape, img.size))
+    img.paste(_mix(fill, (0, 0, 0), SHADE), (0, 0), dark)
+
+
+def _outline(draw: ImageDraw.ImageDraw, shape: str, x: int, y: int, w: int, fill) -> None:
     x1, y1, half = x + w - 1, y + w - 1, w // 2
     if shape == "square":
         draw.rectangle([x, y, x1, y1], fill=fill)
@@ -99,15 +131,14 @@ def _background(scene: Scene) -> Image.Image:
 def render(scene: Scene) -> Image.Image:
     """The scene's pixels: background, trails, objects, then texts."""
     img = _background(scene)
-    draw = ImageDraw.Draw(img)
     bg = vocab.BACKGROUNDS[scene.background]
     if scene.motion is not None:
         o: Obj = scene.objects[scene.motion.index]
         offsets = _trail_offsets(scene.motion.direction, scene.motion.step)
         for (dx, dy), strength in reversed(list(zip(offsets, TRAIL_STRENGTH))):
-            _draw_shape(draw, o.shape, o.x + dx, o.y + dy, o.w, _mix(vocab.COLORS[o.color], bg, strength))
+            _draw_shape(img, o.shape, o.x + dx, o.y + dy, o.w, _mix(vocab.COLORS[o.color], bg, strength))
     for o in scene.objects:
-        _draw_shape(draw, o.shape, o.x, o.y, o.w, vocab.COLORS[o.color])
+        _draw_shape(img, o.shape, o.x, o.y, o.w, vocab.COLORS[o.color])
     for t in scene.texts:
         mask = _text_mask(t.text, scene.text_scale)
         if mask.size != (t.w, t.h):

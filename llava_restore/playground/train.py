@@ -69,6 +69,12 @@ class PlaygroundTrainConfig:
     vision_lr: float = 2e-3
     vision_warmup: int = 30
     vision_fg_weight: float = 1.0  # loss weight of object/text patches relative to background ones
+    # 0: stage 1 reads the training images; N > 0: it renders fresh scenes of up to N objects on the
+    # fly (seeded; more object patches per step and no repeats)
+    vision_scene_objects: int = 0
+    # stage-1 start of the ViT's (learned) position embeddings: "random" (CLIP's init) or "sincos"
+    # (2-D sine-cosine of the patch's row and column, as in MAE): a grid structure from step 0
+    vision_pos_init: str = "random"
     # stage 2: LLaVA-style, vision tower frozen; projector rescaled to the text-embedding scale
     freeze_vision: bool = True
     projector_rescale: bool = True
@@ -110,6 +116,33 @@ def patch_labels(scene: dict, grid: int, patch: int) -> torch.Tensor:
     return lab.flatten(1)
 
 
+def sincos_2d(grid: int, dim: int) -> torch.Tensor:
+    """(grid*grid, dim): half the channels encode the row, half the column, each as sin/cos pairs
+    at ``dim // 4`` geometric frequencies (MAE's fixed 2-D embedding)."""
+    if dim % 4:
+        raise ValueError(f"sincos_2d needs a dim divisible by 4, got {dim}")
+    freq = 1.0 / (10000 ** (torch.arange(dim // 4, dtype=torch.float64) / (dim // 4)))  # (dim/4,)
+    rows, cols = torch.meshgrid(torch.arange(grid, dtype=torch.float64), torch.arange(grid, dtype=torch.float64),
+                                indexing="ij")
+    parts = []
+    for coord in (rows.flatten(), cols.flatten()):
+        ang = coord[:, None] * freq[None, :]  # (grid*grid, dim/4)
+        parts += [ang.sin(), ang.cos()]
+    return torch.cat(parts, dim=1).float()
+
+
+def init_vision_positions(tower, how: str) -> None:
+    """Overwrite the ViT's patch position embeddings (the CLS row is kept) with ``how``."""
+    if how == "random":
+        return
+    if how != "sincos":
+        raise ValueError(f"vision_pos_init {how!r} is not one of ['random', 'sincos']")
+    emb = tower.vision_tower.embeddings.position_embedding.weight  # (1 + grid*grid, D)
+    grid = tower.grid_hw[0]
+    with torch.no_grad():
+        emb[1:] = sincos_2d(grid, emb.shape[1]).to(emb)
+
+
 def pretrain_vision(model, proc, cfg: PlaygroundTrainConfig, writer) -> float:
     """Stage 1: per-patch colour/shape/size classification on the ViT's selected-layer features."""
     from llava_restore.model.mm_utils import load_image, process_images
@@ -117,8 +150,20 @@ def pretrain_vision(model, proc, cfg: PlaygroundTrainConfig, writer) -> float:
 
     tower = model.get_vision_tower()
     grid = tower.grid_hw[0]
+    init_vision_positions(tower, cfg.vision_pos_init)
     with open(os.path.join(cfg.data, "scenes", "train.jsonl")) as f:
         scenes = [json.loads(line) for line in f]
+    if cfg.vision_scene_objects > 0:
+        import random
+        from dataclasses import replace
+
+        from llava_restore.playground.config import TRAIN
+        from llava_restore.playground.render import render
+        from llava_restore.playground.scene import sample_scene
+
+        dense = replace(TRAIN, min_objects=max(TRAIN.min_objects, cfg.vision_scene_objects // 2),
+                        max_objects=cfg.vision_scene_objects, motion_prob=0.0, favour_prob=0.0)
+        rng = random.Random(cfg.seed + 1)
     heads = torch.nn.ModuleList([torch.nn.Linear(tower.hidden_size, n + 1) for n in
                                  (len(vocab.COLORS), len(vocab.SHAPES) + 1, 2)]).to(cfg.device)
     params = list(tower.parameters()) + list(heads.parameters())
@@ -127,10 +172,15 @@ def pretrain_vision(model, proc, cfg: PlaygroundTrainConfig, writer) -> float:
     tower.train()
     loss_v = float("nan")
     for step in tqdm(range(cfg.vision_pretrain_steps), desc="stage 1: ViT patch pre-training", unit="step"):
-        idx = torch.randint(len(scenes), (cfg.vision_pretrain_batch,), generator=gen).tolist()
-        imgs = [load_image(os.path.join(cfg.data, scenes[i]["image"])) for i in idx]
+        if cfg.vision_scene_objects > 0:
+            drawn = [sample_scene(rng, dense) for _ in range(cfg.vision_pretrain_batch)]
+            imgs, batch_scenes = [render(sc) for sc in drawn], [sc.to_dict() for sc in drawn]
+        else:
+            idx = torch.randint(len(scenes), (cfg.vision_pretrain_batch,), generator=gen).tolist()
+            imgs = [load_image(os.path.join(cfg.data, scenes[i]["image"])) for i in idx]
+            batch_scenes = [scenes[i]["scene"] for i in idx]
         px = process_images(imgs, proc, model.config.image_aspect_ratio).to(cfg.device)
-        labels = torch.stack([patch_labels(scenes[i]["scene"], grid, tower.config.patch_size) for i in idx]).to(cfg.device)  # (B, 3, N)
+        labels = torch.stack([patch_labels(sc, grid, tower.config.patch_size) for sc in batch_scenes]).to(cfg.device)  # (B, 3, N)
         feats = tower(px).features  # (B, N, Dv)
         lr = cfg.vision_lr * min(1.0, (step + 1) / cfg.vision_warmup) * 0.5 * (1 + math.cos(math.pi * step / cfg.vision_pretrain_steps))
         for g in opt.param_groups:

@@ -17,7 +17,7 @@ cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(PlaygroundTrainCo
 tok, model, proc = build_tiny(cfg.model, seed=0, tokenizer_texts=corpus_texts(cfg.data))
 class W:
     def add_scalar(self, *a): pass
-t0 = time.time(); l = pretrain_vision(model, proc, cfg, W()); print("stage1", round(time.time() - t0), "s loss", round(l, 3))
+t0 = time.time(); l = pretrain_vision(model, proc, cfg, W()); print("stage1", round(time.time() - t0), "s loss", round(l, 3), flush=True)
 tower = model.get_vision_tower().eval()
 D = cfg.data
 sc = [json.loads(l) for l in open(f"{D}/scenes/gqa.jsonl")]
