@@ -93,9 +93,25 @@ def test_render_is_deterministic_96px_rgb_and_glyphs_span_patches():
     from llava_restore.playground.vocab import COLORS
     px = img.load()
     assert any(px[x, y] == COLORS[t.color] for x in range(t.x, t.x + t.w) for y in range(t.y, t.y + t.h))
+    from llava_restore.playground.render import FILL_PATTERNS, SHADE, _mix
     for o in a.objects:
         if o.shape != "ring":
-            assert px[o.x + o.w // 2, o.y + o.w // 2] == COLORS[o.color]
+            cx, cy = o.x + o.w // 2, o.y + o.w // 2
+            dark = FILL_PATTERNS[o.shape](cx, cy)
+            assert px[cx, cy] == (_mix(COLORS[o.color], (0, 0, 0), SHADE) if dark else COLORS[o.color])
+
+
+def test_a_patch_inside_an_object_shows_its_shape():
+    """The per-shape fill patterns: the grid-aligned 4x4 patch at the centre of a large object
+    differs between every two filled shapes of the same colour and position."""
+    from llava_restore.playground.scene import Obj
+
+    patches = {}
+    for shape in ("square", "circle", "triangle", "diamond", "cross"):
+        scene = Scene(96, 96, "black", 0, 0, 2, (Obj(shape, "red", "large", 40, 40, 16),))
+        img = render(scene)
+        patches[shape] = img.crop((48, 48, 52, 52)).tobytes()  # the patch holding the centre (48, 48)
+    assert len(set(patches.values())) == len(patches), "two shapes look the same inside"
 
 
 def test_same_seed_same_bytes_other_seed_other_bytes(data, tmp_path):
