@@ -30,6 +30,7 @@ class TinySpec:
     kv_heads: int = 2
     intermediate: int = 128
     vocab_size: int = 320
+    rope_theta: float = 10000.0
 
 
 def image_processor_for(size: int) -> CLIPImageProcessorPil:
@@ -48,7 +49,7 @@ def build_tiny(spec: TinySpec = TinySpec(), seed: int = 0, tokenizer_texts=()):
     text = TextConfig(hidden_size=spec.hidden, intermediate_size=spec.intermediate, num_hidden_layers=spec.layers,
                       num_attention_heads=spec.heads, num_key_value_heads=spec.kv_heads, head_dim=spec.hidden // spec.heads,
                       vocab_size=vocab, rms_norm_eps=1e-6, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                      pad_token_id=tok.pad_token_id, max_position_embeddings=2048)
+                      pad_token_id=tok.pad_token_id, max_position_embeddings=2048, rope_theta=spec.rope_theta)
     cfg = LlavaConfig(text=text, mm_vision_tower="vision_tower", mm_hidden_size=spec.vision_hidden,
                       mm_projector_type="mlp2x_gelu", image_aspect_ratio="pad", image_token_index=vocab - 1)
     tower = CLIPVisionTower(CLIPVisionModel(vcfg), cfg.mm_vision_select_layer, cfg.mm_vision_select_feature)
