@@ -4,7 +4,7 @@ from types import SimpleNamespace
 
 import torch
 
-from llava_restore.constants import IGNORE_INDEX
+from llava_restore.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from llava_restore.playground.grounding import (AttnInputs, answer_queries, grounding_loss, patch_mask,
                                                 query_spans, spliced_ids)
 
@@ -34,7 +34,7 @@ def test_answer_queries_and_spans():
 
 
 def test_spliced_ids_skip_visual_and_padding():
-    input_ids = torch.tensor([[5, -200, 6, 7, 0]])  # one image placeholder, right padding
+    input_ids = torch.tensor([[5, IMAGE_TOKEN_INDEX, 6, 7, 0]])  # one image placeholder, right padding
     mask = torch.tensor([[1, 1, 1, 1, 0]])
     prepared = SimpleNamespace(valid=torch.tensor([[1, 1, 1, 1, 1, 0]]).bool(),
                                visual=torch.tensor([[0, 1, 1, 0, 0, 0]]).bool())

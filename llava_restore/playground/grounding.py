@@ -21,7 +21,7 @@ from typing import Dict, List, Sequence
 
 import torch
 
-from llava_restore.constants import IGNORE_INDEX
+from llava_restore.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from llava_restore.model.llama import apply_rope
 
 
@@ -74,7 +74,7 @@ def spliced_ids(input_ids: torch.Tensor, attention_mask: torch.Tensor, prepared)
     """(B, L) the text token id at each position of the spliced sequence (-1 on visual/padding)."""
     out = torch.full(prepared.valid.shape, -1, dtype=torch.long, device=prepared.valid.device)
     for b in range(out.shape[0]):
-        text = input_ids[b][attention_mask[b].bool() & (input_ids[b] >= 0)]  # the placeholder id is negative
+        text = input_ids[b][attention_mask[b].bool() & (input_ids[b] != IMAGE_TOKEN_INDEX)]
         slots = prepared.valid[b] & ~prepared.visual[b]
         out[b, slots] = text.to(out.device)
     return out

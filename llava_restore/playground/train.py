@@ -31,7 +31,7 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from llava_restore.model.builder import save_pretrained
-from llava_restore.playground.grounding import AttnInputs, grounding_loss, query_spans, spliced_ids
+from llava_restore.playground.grounding import AttnInputs, grounding_loss, patch_mask, query_spans, spliced_ids
 from llava_restore.reduction.config import ReductionConfig
 from llava_restore.tools.make_tiny import TinySpec, build_tiny
 from llava_restore.train.data import Collator, SupervisedDataset
@@ -102,18 +102,15 @@ def patch_labels(scene: dict, grid: int, patch: int) -> torch.Tensor:
     from llava_restore.playground import vocab
 
     colors, shapes, sizes = list(vocab.COLORS), list(vocab.SHAPES) + ["text"], ["small", "large"]
-    lab = torch.zeros(3, grid, grid, dtype=torch.long)
+    lab = torch.zeros(3, grid * grid, dtype=torch.long)
     items = [(o["x"], o["y"], o["w"], o["w"], o["color"], o["shape"], o["size"]) for o in scene["objects"]]
     items += [(t["x"], t["y"], t["w"], t["h"], t["color"], "text", None) for t in scene["texts"]]
-    centres = torch.arange(grid) * patch + patch // 2
     for x, y, w, h, color, shape, size in items:
-        rows = (centres >= y) & (centres < y + h)
-        cols = (centres >= x) & (centres < x + w)
-        m = rows[:, None] & cols[None, :]
+        m = patch_mask([[x, y, w, h]], grid, patch, "cpu")
         lab[0][m] = colors.index(color) + 1
         lab[1][m] = shapes.index(shape) + 1
         lab[2][m] = 0 if size is None else sizes.index(size) + 1
-    return lab.flatten(1)
+    return lab
 
 
 def sincos_2d(grid: int, dim: int) -> torch.Tensor:
@@ -223,14 +220,6 @@ def ensure_data(cfg: PlaygroundTrainConfig) -> None:
         build(cfg.data)
 
 
-def _reinit_decoder(model, std: float) -> None:
-    """Redraw every projector/decoder weight matrix (not the embeddings) with ``std``."""
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if not name.startswith("model.vision_tower") and p.dim() > 1 and "embed" not in name:
-                p.normal_(0.0, std)
-
-
 def _mention_ids(tok) -> torch.Tensor:
     """Token ids of the words that name objects in questions (colours, shapes, 'object')."""
     from llava_restore.playground import vocab
@@ -268,9 +257,8 @@ def train(cfg: PlaygroundTrainConfig, on_step=None) -> dict:
     from llava_restore.playground.data import corpus_texts
 
     torch.manual_seed(cfg.seed)
-    tok, model, proc = build_tiny(cfg.model, seed=cfg.seed, tokenizer_texts=corpus_texts(cfg.data))
-    if cfg.decoder_init_std != 0.02:
-        _reinit_decoder(model, cfg.decoder_init_std)
+    tok, model, proc = build_tiny(cfg.model, seed=cfg.seed, tokenizer_texts=corpus_texts(cfg.data),
+                                  init_std=cfg.decoder_init_std)
     model.to(cfg.device)
     image_folder = os.path.join(cfg.data, cfg.image_folder)
     ds = SupervisedDataset(os.path.join(cfg.data, cfg.train_file), image_folder, tok, proc, max_length=cfg.max_length)

@@ -39,7 +39,9 @@ def image_processor_for(size: int) -> CLIPImageProcessorPil:
                               do_resize=True, do_center_crop=True, do_normalize=True, do_convert_rgb=True)
 
 
-def build_tiny(spec: TinySpec = TinySpec(), seed: int = 0, tokenizer_texts=()):
+def build_tiny(spec: TinySpec = TinySpec(), seed: int = 0, tokenizer_texts=(), init_std: float = 0.02):
+    """Random tiny LLaVA: projector/decoder matrices ~ N(0, init_std) (LLaMA's 0.02 by default),
+    token embeddings ~ N(0, 1)."""
     torch.manual_seed(seed)
     tok = build_tokenizer(tokenizer_texts, vocab_size=spec.vocab_size - 1)
     vocab = len(tok) + 1  # one spare row, used as "<image>" by the llava-hf export
@@ -54,10 +56,10 @@ def build_tiny(spec: TinySpec = TinySpec(), seed: int = 0, tokenizer_texts=()):
                       mm_projector_type="mlp2x_gelu", image_aspect_ratio="pad", image_token_index=vocab - 1)
     tower = CLIPVisionTower(CLIPVisionModel(vcfg), cfg.mm_vision_select_layer, cfg.mm_vision_select_feature)
     model = LlavaLlamaForCausalLM(cfg, tower)
-    with torch.no_grad():  # LLaMA-style init (std 0.02) so logits are well spread
+    with torch.no_grad():
         for name, p in model.named_parameters():
             if not name.startswith("model.vision_tower") and p.dim() > 1:
-                p.normal_(0.0, 0.02 if "embed" not in name else 1.0)
+                p.normal_(0.0, init_std if "embed" not in name else 1.0)
     return tok, model.eval(), image_processor_for(spec.image_size)
 
 
