@@ -13,7 +13,13 @@ Run from the repository root after ``python -m llava_restore.playground build``:
 - ``oracle=1``: replace each kept visual token by the sum of the word embeddings of its patch's
   colour, shape and size (a perfectly "aligned" visual token), to separate the decoder's
   learning from the visual features;
-- ``split=1``: one question per record instead of LLaVA's multi-turn records.
+- ``split=1``: one question per record instead of LLaVA's multi-turn records;
+- ``dstep=N dmax=M`` (with ``split=1`` and ``fg_steps``): a distractor curriculum. A turn about
+  particular objects keeps only their patches plus ``step // N`` other objects (while that is
+  below M; then all foreground patches). Other turns keep the whole foreground.
+
+``TOWER=<checkpoint>`` takes the ViT from another checkpoint (cache the features in a fresh
+``PROBE_DIR``); the default is the committed checkpoint.
 
 It swaps ``encode_images``/``reduce`` on this one model instance (no library class is patched).
 """
@@ -29,7 +35,7 @@ from llava_restore.train.data import tokenize_conversation
 from llava_restore.playground.data import corpus_texts
 D = "playground/data"
 cfg = OmegaConf.merge(OmegaConf.create(dict(steps=300, bs=16, lr=2e-3, warmup=30, seed=0, eval_every=100, hidden=128, layers=4,
-      heads=4, inter=384, proj_lr_mult=1.0, rescale=1, wd=0.0, init_std=0.02, emb_std=1.0, kinds="", maxrec=0, name="x", objtok=0, full_eval=1, split=0, oracle=0, fg_eval=1, fg_steps=0, bg_keep=32, dilate=1)),
+      heads=4, inter=384, proj_lr_mult=1.0, rescale=1, wd=0.0, init_std=0.02, emb_std=1.0, kinds="", maxrec=0, name="x", objtok=0, full_eval=1, split=0, oracle=0, fg_eval=1, fg_steps=0, bg_keep=32, dilate=1, dstep=0, dmax=3)),
       OmegaConf.from_cli(sys.argv[1:]))
 print(OmegaConf.to_yaml(cfg))
 torch.manual_seed(cfg.seed)
@@ -46,7 +52,7 @@ os.makedirs(OUTD, exist_ok=True)
 fc = os.path.join(OUTD, "feats.pt")  # cached ViT features (~300 MB, fp16)
 if not os.path.exists(fc):
     from llava_restore.model.builder import load_pretrained_model as L
-    out = L("playground/cache/llava-playground")
+    out = L(os.environ.get("TOWER", "playground/cache/llava-playground"))
     refm = out[1] if isinstance(out, tuple) else out.model
     tower = refm.get_vision_tower().eval()
     paths = [json.loads(l)["image"] for l in open(f"{D}/scenes/train.jsonl")]
@@ -112,18 +118,22 @@ class RC:
 recs = json.load(open(f"{D}/train/llava_playground_train.json"))
 recs = [r for r in recs if "image" in r]
 if cfg.maxrec: recs = recs[:cfg.maxrec]
+GB = json.load(open(f"{D}/train/llava_playground_train_grounding.json"))
+SCN = {s_["image"]: s_["scene"] for s_ in scn}
+from llava_restore.playground.grounding import patch_mask
 if cfg.split:
     new = []
     for r in recs:
         cv = r["conversations"]
         for j in range(0, len(cv) - 1, 2):
             q = cv[j]["value"].replace("<image>\n", "")
-            new.append({"id": r["id"] + f"_{j}", "image": r["image"], "conversations": [{"from": "human", "value": "<image>\n" + q}, cv[j + 1]]})
+            new.append({"id": r["id"] + f"_{j}", "image": r["image"], "conversations": [{"from": "human", "value": "<image>\n" + q}, cv[j + 1]],
+                        "boxes": GB.get(r["id"], [[]] * 99)[j // 2]})
     recs = new
 data = []
 for r in recs:
     ids, lab = tokenize_conversation(r["conversations"], tok, "vicuna_v1", r["id"])
-    data.append((ids, lab, P2I[r["image"]]))
+    data.append((ids, lab, P2I[r["image"]], r.get("boxes", []), r["image"]))
 print(len(data), "records; mean len", sum(len(d[0]) for d in data) / len(data))
 if cfg.rescale:
     with torch.no_grad():
@@ -189,7 +199,15 @@ for step in range(cfg.steps):
     if step < cfg.fg_steps:
         keeps = []
         for x in b:
-            fg = FG[x[2]]; bg = (~fg).nonzero(as_tuple=True)[0]
+            fg = FG[x[2]]
+            if cfg.dstep and x[3]:
+                nd = step // cfg.dstep
+                if nd < cfg.dmax:
+                    objs = [[o["x"], o["y"], o["w"], o["w"]] for o in SCN[x[4]]["objects"]]
+                    others = [o for o in objs if o not in x[3]]
+                    random.Random(step * 7 + x[2]).shuffle(others)
+                    fg = patch_mask(list(x[3]) + others[:nd], 24, 4, "cpu")
+            bg = (~fg).nonzero(as_tuple=True)[0]
             extra = bg[torch.randperm(len(bg), generator=torch.Generator().manual_seed(step * 1000 + x[2]))[:cfg.bg_keep]]
             keeps.append(torch.cat([fg.nonzero(as_tuple=True)[0], extra]).sort().values)
         CUR["keep"] = keeps; rc = RC(); CUR_FI["fi"] = [x[2] for x in b]

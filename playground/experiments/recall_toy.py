@@ -5,7 +5,7 @@ Each sample lists 5 (colour, shape) pairs as words, then asks "Is there a <colou
 image? ... ASSISTANT:" (conjunctive recall); only the Yes/No token is supervised. Batch 32, AdamW.
 Environment knobs: STEPS, LR (3e-3), INIT (std of the decoder's matrices, 0.02 as build_tiny),
 HIDDEN/LAYERS/HEADS (128/4/4), SHORT=1 (no system prompt), COLOR=1 ("Is there a red object?"), COPY=1 (colour of the first
-object), T (threads). Usage, from the repository root with the playground data built:
+object), T (threads), MIMETIC=beta (q/k init so that W_q W_k^T ~ beta*I + noise). Usage, from the repository root with the playground data built:
 
     SHORT=1 COLOR=1 INIT=0.09 STEPS=800 python playground/experiments/recall_toy.py [embedding_std=1.0]
 """
@@ -26,6 +26,15 @@ with torch.no_grad():
     init = float(os.environ.get("INIT", "0.02"))
     for n, p in model.named_parameters():
         if p.dim() > 1 and "embed" not in n and "vision" not in n: p.normal_(0, init)
+    beta = float(os.environ.get("MIMETIC", "0"))
+    if beta:  # mimetic init (Trockman & Kolter, 2023): per head, W_q W_k^T ~ rank-d part of beta*I + 0.7*Z
+        for layer in model.model.layers:
+            a = layer.self_attn; d = a.head_dim
+            for h in range(a.n_heads):
+                M = 0.7 * torch.randn(_h, _h) / _h ** 0.5 + beta * torch.eye(_h)
+                U, S, Vh = torch.linalg.svd(M)
+                a.q_proj.weight[h * d:(h + 1) * d] = (U[:, :d] * S[:d].sqrt()).T
+                a.k_proj.weight[h * d:(h + 1) * d] = (Vh[:d].T * S[:d].sqrt()).T
 w = lambda s: tok.encode(s, add_special_tokens=False)
 C, S = list(V.COLORS), list(V.SHAPES)
 Y, N = w("Yes")[0], w("No")[0]

@@ -1,0 +1,166 @@
+"""Exploratory: how fast does the from-scratch decoder learn to *select* an object among the 576
+visual tokens? (not part of the package)
+
+Stage-2-only training on cached features of a stage-1 ViT (``runs/gp2/feats.pt``, written by
+``PROBE_DIR=runs/gp2 TOWER=<ckpt> python playground/experiments/grounding_probe.py steps=0``), all
+576 tokens, one synthetic question kind at a time, from the training scenes:
+
+- ``Q=bg``: "What color is the background?" -- every token carries the answer (positive control:
+  if this is not learned, the visual path is broken);
+- ``Q=select``: "What color is the <shape>?" / "What shape is the <colour> object?" about an object
+  whose shape (colour) is unique in the image -- the answer needs that object's tokens.
+
+``GROUND=w`` adds the trainer's attention supervision (head 0 of layers ``GLAYERS``, default
+1,2,3, from the question's object word to the answer position; full tokens only).
+``ORACLE=1`` replaces each visual token by the word embeddings of its patch's colour, shape and
+size (a perfectly aligned token; the ViT is not used).
+``ALIGN=w`` adds w * MSE(projected ViT tokens, oracle tokens) / mean(oracle^2) (oracle detached).
+``NOSUF=1`` drops LLaVA's short-answer line; ``CLIP`` (1.0; 0 = off) and ``BETA2`` (0.98) set the optimiser.
+``FG=1`` keeps only the object/text patches (at their original RoPE positions).
+``K`` turns per conversation (each answer supervised), batch ``BS``, AdamW ``LR``, decoder init
+``INIT``, ``LAYERS``/``HEADS``, ``T`` threads. Prints the running loss and the first-answer-token
+accuracy over the last 25 steps.
+
+    T=2 Q=select K=1 STEPS=200 python playground/experiments/selection_probe.py
+"""
+import json, os, random, time
+import torch
+from llava_restore.tools.make_tiny import TinySpec, build_tiny
+from llava_restore.playground.data import corpus_texts
+from llava_restore.model.mm_utils import pad_sequences
+from llava_restore.train.data import tokenize_conversation
+
+env = lambda k, d: type(d)(os.environ.get(k, d))
+torch.set_num_threads(env("T", 2))
+Q, K, BS, LR, STEPS = env("Q", "select"), env("K", 1), env("BS", 16), env("LR", 2e-3), env("STEPS", 200)
+D = "playground/data"
+C = torch.load(os.environ.get("FEATS", "runs/gp2/feats.pt"))
+FE, paths = C["feats"], C["paths"]  # (N_img, 576, Dv) fp16; image paths (train first)
+scenes = [json.loads(l) for l in open(f"{D}/scenes/train.jsonl")]
+SC = {s["image"]: s["scene"] for s in scenes}
+n_train = len(scenes)
+spec = TinySpec(image_size=96, patch_size=4, vision_hidden=64, vision_layers=3, vision_heads=4, hidden=128,
+                layers=env("LAYERS", 4), heads=env("HEADS", 4), kv_heads=env("HEADS", 4), intermediate=384, vocab_size=640)
+tok, model, proc = build_tiny(spec, seed=0, tokenizer_texts=corpus_texts(D), init_std=env("INIT", 0.09))
+model.get_vision_tower().load_state_dict(C["tower"])
+model.get_vision_tower().requires_grad_(False)
+# this instance only: the cached features stand in for the (frozen) tower's output
+model.encode_images = lambda images, want_cls_attn=False: (images.float(), model.model.mm_projector(images.float()), None)
+with torch.no_grad():  # the trainer's projector rescale: visual tokens at the text embeddings' scale
+    fac = model.model.embed_tokens.weight.std().item() / model.model.mm_projector(FE[:16].float()).std().item()
+    last = [m for m in model.model.mm_projector.modules() if isinstance(m, torch.nn.Linear)][-1]
+    last.weight.mul_(fac)
+    last.bias.mul_(fac)
+ALIGN = env("ALIGN", 0.0)  # > 0: MSE of the ViT tokens to the oracle tokens (target detached), added to the loss
+ORACLE = env("ORACLE", 0)  # 1: each object patch's token = word embeddings of its colour + shape (+ size); background 0
+if ORACLE or ALIGN:
+    from llava_restore.playground import vocab as V
+    from llava_restore.playground.train import patch_labels as _pl
+    _w = lambda s: tok.encode(s, add_special_tokens=False)[0]
+    _CW = torch.tensor([0] + [_w(c) for c in V.COLORS])
+    _SW = torch.tensor([0] + [_w(c) for c in V.SHAPES] + [_w("text")])
+    _ZW = torch.tensor([0, _w("small"), _w("large")])
+    ORC = {}
+
+    def _oracle_tokens(lb):  # (B, 3, N) patch labels -> (B, N, D)
+        E = model.model.embed_tokens.weight
+        return sum(E[W[lb[:, k]]] * (lb[:, k] > 0).unsqueeze(-1).float() for k, W in enumerate((_CW, _SW, _ZW)))
+
+    def _oracle(images, want_cls_attn=False):
+        return images.float(), _oracle_tokens(ORC["lab"]), None
+    if ORACLE:
+        model.encode_images = _oracle
+FG = env("FG", 0)  # 1: keep only the object/text patches (original RoPE positions), as a cheaper, less diluted regime
+if FG:
+    from llava_restore.playground.train import patch_labels
+    from llava_restore.reduction.types import ReductionResult
+    KEEP = {}
+
+    class _KeepFG:  # the reduction config the model's forward reads (retained positions, no RESTORE terms)
+        method, position_mode, size_term, distance_term, attn_backend = "oracle", "retain", False, False, "sdpa"
+        distance_c, layer0_uniform_size, distance_in_decode, distance_scope = 2.0, False, False, "all"
+
+        def resolve(self):
+            return self
+
+    def _reduce(images, rcfg):  # this instance only
+        _, proj, _ = model.encode_images(images)
+        out = []
+        for b, idx in enumerate(KEEP["idx"]):
+            src = torch.full((proj.shape[1],), -1, dtype=torch.long)
+            src[idx] = torch.arange(len(idx))
+            out.append(ReductionResult(proj[b:b + 1, idx], src[None], torch.ones(1, len(idx)), idx[None].float()))
+        return out
+    model.reduce = _reduce
+GROUND = env("GROUND", 0.0)  # > 0: the trainer's attention supervision, from the question's object word on
+if GROUND:
+    from llava_restore.playground.grounding import AttnInputs, grounding_loss, query_spans, spliced_ids
+    from llava_restore.playground.train import _mention_ids
+    CAP = AttnInputs(model, [int(x) for x in os.environ.get("GLAYERS", "1,2,3").split(",")])
+    MENTION = _mention_ids(tok)
+SUF = "" if env("NOSUF", 0) else "\nAnswer the question using a single word or phrase."
+CLIP, BETA2 = env("CLIP", 1.0), env("BETA2", 0.98)
+
+
+def questions(sc, rng):  # [(question, answer, [box])]
+    if Q == "bg":
+        return [("What color is the background?", sc["background"], [])]
+    objs, out = sc["objects"], []
+    for o in objs:
+        if sum(p["shape"] == o["shape"] for p in objs) == 1:
+            out.append((f"What color is the {o['shape']}?", o["color"], [[o["x"], o["y"], o["w"], o["w"]]]))
+        if sum(p["color"] == o["color"] for p in objs) == 1:
+            out.append((f"What shape is the {o['color']} object?", o["shape"], [[o["x"], o["y"], o["w"], o["w"]]]))
+    rng.shuffle(out)
+    return out or [("What color is the background?", sc["background"], [])]
+
+
+def sample(i, rng):
+    qa = questions(SC[paths[i]], rng)
+    qa = [qa[j % len(qa)] for j in range(K)]
+    turns = []
+    for j, (q, a, _) in enumerate(qa):
+        turns += [{"from": "human", "value": ("<image>\n" if j == 0 else "") + q + SUF}, {"from": "gpt", "value": a.capitalize()}]
+    return (*tokenize_conversation(turns, tok, "vicuna_v1", paths[i]), [box for _, _, box in qa])
+
+
+opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=LR, betas=(0.9, BETA2))
+rng, t0, hits, GL = random.Random(0), time.time(), [], []
+model.train()
+for step in range(STEPS):
+    idx = [rng.randrange(n_train) for _ in range(BS)]
+    b = [sample(i, rng) for i in idx]
+    ids, mask = pad_sequences([x[0] for x in b], tok.pad_token_id, "right")
+    lab, _ = pad_sequences([x[1] for x in b], -100, "right")
+    red = None
+    if ORACLE or ALIGN:
+        ORC["lab"] = torch.stack([_pl(SC[paths[i]], 24, 4) for i in idx])
+    if FG:
+        KEEP["idx"] = [(patch_labels(SC[paths[i]], 24, 4) != 0).any(0).nonzero(as_tuple=True)[0] for i in idx]
+        red = _KeepFG()
+    out = model(ids, mask, FE[idx], labels=lab, reduction=red)
+    lg, tg = out.logits[:, :-1], out.prepared.labels[:, 1:]  # spliced positions (576 visual tokens inside)
+    first = (tg != -100) & torch.nn.functional.pad(tg[:, :-1] == -100, (1, 0), value=True)  # each answer's first token
+    hits.append((lg[first].argmax(-1) == tg[first]).float().mean().item())
+    for g in opt.param_groups:
+        g["lr"] = LR * min(1.0, (step + 1) / 30)
+    loss = out.loss
+    if ALIGN:
+        tgt = _oracle_tokens(ORC["lab"]).detach()  # (B, 576, D)
+        proj_tok = model.model.mm_projector(FE[idx].float())
+        loss = loss + ALIGN * ((proj_tok - tgt) ** 2).mean() / tgt.pow(2).mean().clamp_min(1e-8)
+    if GROUND:
+        spans = query_spans(spliced_ids(ids, mask, out.prepared), out.prepared.labels, MENTION, True)
+        g = grounding_loss(CAP, out.prepared, [x[2] for x in b], 24, 4, spans=spans)
+        CAP.clear()
+        if g is not None:
+            loss = loss + GROUND * g
+            GL.append(g.item())
+    opt.zero_grad()
+    loss.backward()
+    if CLIP > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), CLIP)
+    opt.step()
+    if (step + 1) % 25 == 0:
+        print(f"step {step + 1} loss {out.loss.item():.3f} acc(last 25 steps) {sum(hits[-25:]) / 25:.3f}"
+              + (f" ground {sum(GL[-25:]) / max(1, len(GL[-25:])):.2f}" if GL else "") + f" {time.time() - t0:.0f}s", flush=True)
