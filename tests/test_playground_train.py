@@ -59,3 +59,19 @@ def test_checkpoint_round_trips(tiny_run):
     ids = tokenizer_image_token(build_prompt("<image>\nWhat color is the background?"), tok, return_tensors="pt")[None]
     out = model.generate(ids, images=px, max_new_tokens=3)
     assert out.shape[0] == 1 and out.shape[1] >= 1
+
+
+def test_tokenizer_keeps_words_apart_from_punctuation_and_newlines():
+    # A BPE trained on templated prompts must not fuse "cross?\nAnswer" into one token: the object
+    # word has to be the same token at the end of a question as anywhere else.
+    from llava_restore.tools.tokenizer import build_tokenizer
+
+    corpus = ["What color is the cross?\nAnswer the question using a single word or phrase."] * 200
+    corpus += ["Is there a red cross in the image?\nAnswer the question using a single word or phrase."] * 200
+    tok = build_tokenizer(corpus, vocab_size=300)
+    end = tok.convert_ids_to_tokens(tok.encode("What color is the cross?\nAnswer", add_special_tokens=False))
+    mid = tok.convert_ids_to_tokens(tok.encode("Is there a red cross in the image?", add_special_tokens=False))
+    assert "▁cross" in end and "▁cross" in mid, (end, mid)
+    assert end[-3:] == ["?", "\n", "Answer"], end
+    text = "USER: What color is the cross?\nAnswer the question. ASSISTANT: Red"
+    assert tok.decode(tok.encode(text, add_special_tokens=False)) == text

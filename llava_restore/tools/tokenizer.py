@@ -1,5 +1,5 @@
 """A LLaMA-style tokenizer built locally with ``tokenizers`` (no hub): BPE over a Metaspace
-pre-tokeniser, ``<unk>``=0, ``<s>``=1, ``</s>``=2, BOS added in front, saved as a normal HF folder."""
+pre-tokeniser (punctuation and newlines kept apart from words), ``<unk>``=0, ``<s>``=1, ``</s>``=2, BOS added in front, saved as a normal HF folder."""
 from __future__ import annotations
 
 from typing import Iterable
@@ -22,7 +22,13 @@ _BASE_TEXT = (
 
 def build_tokenizer(texts: Iterable[str] = (), vocab_size: int = 512) -> PreTrainedTokenizerFast:
     tok = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=False))
-    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
+    # Words never fuse with punctuation or newlines (as in LLaMA's vocabulary): without this, a BPE
+    # trained on templated text learns tokens like "▁cross?\nAnswer", so a word would be a different
+    # token at the end of a question than elsewhere.
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first"),
+        pre_tokenizers.Split("\n", behavior="isolated"),
+        pre_tokenizers.Punctuation(behavior="isolated")])
     tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first")
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIALS, show_progress=False,
                                   initial_alphabet=sorted(set(_BASE_TEXT)) + ["▁"])

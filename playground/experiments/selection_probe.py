@@ -14,9 +14,16 @@ Stage-2-only training on cached features of a stage-1 ViT (``runs/gp2/feats.pt``
 1,2,3, from the question's object word to the answer position; full tokens only).
 ``ORACLE=1`` replaces each visual token by the word embeddings of its patch's colour, shape and
 size (a perfectly aligned token; the ViT is not used).
+``PREALIGN=N`` first trains the projector alone for N steps (batch 32) toward the oracle tokens.
 ``ALIGN=w`` adds w * MSE(projected ViT tokens, oracle tokens) / mean(oracle^2) (oracle detached).
+``AUX=1`` also trains the question's object word position to predict the answer (the label of
+the next position, a question token otherwise unsupervised).
 ``NOSUF=1`` drops LLaVA's short-answer line; ``CLIP`` (1.0; 0 = off) and ``BETA2`` (0.98) set the optimiser.
-``FG=1`` keeps only the object/text patches (at their original RoPE positions).
+``FG=1`` keeps only the object/text patches (at their original RoPE positions); ``FG=2`` only the
+patch under each object's centre; ``FG_STEPS=N`` switches to all 576 tokens after N steps.
+- ``Q=bare``: the same, as ``<image>\n<shape or colour word>`` -> answer, without the chat template
+  (the word that names the object is the query position itself).
+
 ``K`` turns per conversation (each answer supervised), batch ``BS``, AdamW ``LR``, decoder init
 ``INIT``, ``LAYERS``/``HEADS``, ``T`` threads. Prints the running loss and the first-answer-token
 accuracy over the last 25 steps.
@@ -27,7 +34,7 @@ import json, os, random, time
 import torch
 from llava_restore.tools.make_tiny import TinySpec, build_tiny
 from llava_restore.playground.data import corpus_texts
-from llava_restore.model.mm_utils import pad_sequences
+from llava_restore.model.mm_utils import pad_sequences, tokenizer_image_token
 from llava_restore.train.data import tokenize_conversation
 
 env = lambda k, d: type(d)(os.environ.get(k, d))
@@ -51,9 +58,10 @@ with torch.no_grad():  # the trainer's projector rescale: visual tokens at the t
     last = [m for m in model.model.mm_projector.modules() if isinstance(m, torch.nn.Linear)][-1]
     last.weight.mul_(fac)
     last.bias.mul_(fac)
+AUX = env("AUX", 0)  # 1: the object word's position is also trained to predict the answer (see sample)
 ALIGN = env("ALIGN", 0.0)  # > 0: MSE of the ViT tokens to the oracle tokens (target detached), added to the loss
 ORACLE = env("ORACLE", 0)  # 1: each object patch's token = word embeddings of its colour + shape (+ size); background 0
-if ORACLE or ALIGN:
+if ORACLE or ALIGN or env("PREALIGN", 0):
     from llava_restore.playground import vocab as V
     from llava_restore.playground.train import patch_labels as _pl
     _w = lambda s: tok.encode(s, add_special_tokens=False)[0]
@@ -70,7 +78,7 @@ if ORACLE or ALIGN:
         return images.float(), _oracle_tokens(ORC["lab"]), None
     if ORACLE:
         model.encode_images = _oracle
-FG = env("FG", 0)  # 1: keep only the object/text patches (original RoPE positions), as a cheaper, less diluted regime
+FG, FG_STEPS = env("FG", 0), env("FG_STEPS", 10 ** 9)  # FG=2: one token per object; FG_STEPS: then all 576 tokens; 1: keep only the object/text patches (original RoPE positions), as a cheaper, less diluted regime
 if FG:
     from llava_restore.playground.train import patch_labels
     from llava_restore.reduction.types import ReductionResult
@@ -105,6 +113,7 @@ CLIP, BETA2 = env("CLIP", 1.0), env("BETA2", 0.98)
 def questions(sc, rng):  # [(question, answer, [box])]
     if Q == "bg":
         return [("What color is the background?", sc["background"], [])]
+    # Q == "select" or "bare" (same questions; "bare" keeps only the object word, see sample)
     objs, out = sc["objects"], []
     for o in objs:
         if sum(p["shape"] == o["shape"] for p in objs) == 1:
@@ -118,12 +127,39 @@ def questions(sc, rng):  # [(question, answer, [box])]
 def sample(i, rng):
     qa = questions(SC[paths[i]], rng)
     qa = [qa[j % len(qa)] for j in range(K)]
+    if Q == "bare":  # no template: "<image>\n<object word>" -> answer; only the answer token is supervised
+        q, a, box = qa[0]
+        ids = tokenizer_image_token("<image>\n" + q.split()[-1 if "color" in q else -2].rstrip("?"), tok, return_tensors="pt")
+        aid = tok.encode(a.capitalize(), add_special_tokens=False)[0]
+        return torch.cat([ids, torch.tensor([aid])]), torch.cat([torch.full_like(ids, -100), torch.tensor([aid])]), [box]
     turns = []
     for j, (q, a, _) in enumerate(qa):
         turns += [{"from": "human", "value": ("<image>\n" if j == 0 else "") + q + SUF}, {"from": "gpt", "value": a.capitalize()}]
-    return (*tokenize_conversation(turns, tok, "vicuna_v1", paths[i]), [box for _, _, box in qa])
+    ids, lab = tokenize_conversation(turns, tok, "vicuna_v1", paths[i])
+    if AUX:  # the object word's position also predicts the answer (an otherwise unsupervised position)
+        lab = lab.clone()
+        starts = ((lab != -100) & (torch.nn.functional.pad(lab[:-1], (1, 0), value=-100) == -100)).nonzero(as_tuple=True)[0]
+        for (q, a, _), st in zip(qa, starts.tolist()):
+            word = q.split()[-1 if "color" in q else -2].rstrip("?")
+            # the last prompt token containing the word (the playground BPE fuses e.g. "cross?\nAnswer")
+            m = max(t for t in range(st) if ids[t] >= 0 and word in tok.convert_ids_to_tokens(int(ids[t])))
+            lab[m + 1] = lab[st]
+    return ids, lab, [box for _, _, box in qa]
 
 
+PREALIGN = env("PREALIGN", 0)  # N > 0: first N steps train the projector alone toward the oracle tokens (MSE)
+if PREALIGN:
+    popt = torch.optim.AdamW(model.model.mm_projector.parameters(), lr=3e-3)
+    prng = random.Random(1)
+    for pstep in range(PREALIGN):
+        pidx = [prng.randrange(n_train) for _ in range(32)]
+        tgt = _oracle_tokens(torch.stack([_pl(SC[paths[i]], 24, 4) for i in pidx])).detach()
+        pl = ((model.model.mm_projector(FE[pidx].float()) - tgt) ** 2).mean() / tgt.pow(2).mean()
+        popt.zero_grad()
+        pl.backward()
+        popt.step()
+        if (pstep + 1) % 100 == 0:
+            print(f"prealign {pstep + 1} relative mse {pl.item():.3f}", flush=True)
 opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=LR, betas=(0.9, BETA2))
 rng, t0, hits, GL = random.Random(0), time.time(), [], []
 model.train()
@@ -135,12 +171,20 @@ for step in range(STEPS):
     red = None
     if ORACLE or ALIGN:
         ORC["lab"] = torch.stack([_pl(SC[paths[i]], 24, 4) for i in idx])
-    if FG:
-        KEEP["idx"] = [(patch_labels(SC[paths[i]], 24, 4) != 0).any(0).nonzero(as_tuple=True)[0] for i in idx]
+    if FG and step < FG_STEPS:
+        if FG == 2:  # one token per object: the patch under its centre
+            KEEP["idx"] = [torch.tensor(sorted({min((o["y"] + o["w"] // 2) // 4, 23) * 24 + min((o["x"] + o["w"] // 2) // 4, 23)
+                                                for o in SC[paths[i]]["objects"]})) for i in idx]
+        else:
+            KEEP["idx"] = [(patch_labels(SC[paths[i]], 24, 4) != 0).any(0).nonzero(as_tuple=True)[0] for i in idx]
         red = _KeepFG()
     out = model(ids, mask, FE[idx], labels=lab, reduction=red)
     lg, tg = out.logits[:, :-1], out.prepared.labels[:, 1:]  # spliced positions (576 visual tokens inside)
     first = (tg != -100) & torch.nn.functional.pad(tg[:, :-1] == -100, (1, 0), value=True)  # each answer's first token
+    if AUX:  # score the real answers only: the last first-token of each row (K=1)
+        last = torch.zeros_like(first)
+        last[torch.arange(first.shape[0]), (first.long() * torch.arange(first.shape[1])).argmax(1)] = True
+        first = last
     hits.append((lg[first].argmax(-1) == tg[first]).float().mean().item())
     for g in opt.param_groups:
         g["lr"] = LR * min(1.0, (step + 1) / 30)
