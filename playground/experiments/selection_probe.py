@@ -35,6 +35,7 @@ import torch
 from llava_restore.tools.make_tiny import TinySpec, build_tiny
 from llava_restore.playground.data import corpus_texts
 from llava_restore.model.mm_utils import pad_sequences, tokenizer_image_token
+from llava_restore.playground.grounding import answer_queries
 from llava_restore.train.data import tokenize_conversation
 
 env = lambda k, d: type(d)(os.environ.get(k, d))
@@ -50,6 +51,7 @@ spec = TinySpec(image_size=96, patch_size=4, vision_hidden=64, vision_layers=3, 
                 layers=env("LAYERS", 4), heads=env("HEADS", 4), kv_heads=env("HEADS", 4), intermediate=384, vocab_size=640)
 tok, model, proc = build_tiny(spec, seed=0, tokenizer_texts=corpus_texts(D), init_std=env("INIT", 0.09))
 model.get_vision_tower().load_state_dict(C["tower"])
+GRID, PATCH = model.get_vision_tower().grid_hw[0], spec.patch_size  # 24 x 24 patches of 4 px
 model.get_vision_tower().requires_grad_(False)
 # this instance only: the cached features stand in for the (frozen) tower's output
 model.encode_images = lambda images, want_cls_attn=False: (images.float(), model.model.mm_projector(images.float()), None)
@@ -138,8 +140,8 @@ def sample(i, rng):
     ids, lab = tokenize_conversation(turns, tok, "vicuna_v1", paths[i])
     if AUX:  # the object word's position also predicts the answer (an otherwise unsupervised position)
         lab = lab.clone()
-        starts = ((lab != -100) & (torch.nn.functional.pad(lab[:-1], (1, 0), value=-100) == -100)).nonzero(as_tuple=True)[0]
-        for (q, a, _), st in zip(qa, starts.tolist()):
+        starts = [p + 1 for p in answer_queries(lab[None])[0]]
+        for (q, a, _), st in zip(qa, starts):
             word = q.split()[-1 if "color" in q else -2].rstrip("?")
             # the last prompt token containing the word (the playground BPE fuses e.g. "cross?\nAnswer")
             m = max(t for t in range(st) if ids[t] >= 0 and word in tok.convert_ids_to_tokens(int(ids[t])))
@@ -153,7 +155,7 @@ if PREALIGN:
     prng = random.Random(1)
     for pstep in range(PREALIGN):
         pidx = [prng.randrange(n_train) for _ in range(32)]
-        tgt = _oracle_tokens(torch.stack([_pl(SC[paths[i]], 24, 4) for i in pidx])).detach()
+        tgt = _oracle_tokens(torch.stack([_pl(SC[paths[i]], GRID, PATCH) for i in pidx])).detach()
         pl = ((model.model.mm_projector(FE[pidx].float()) - tgt) ** 2).mean() / tgt.pow(2).mean()
         popt.zero_grad()
         pl.backward()
@@ -170,22 +172,20 @@ for step in range(STEPS):
     lab, _ = pad_sequences([x[1] for x in b], -100, "right")
     red = None
     if ORACLE or ALIGN:
-        ORC["lab"] = torch.stack([_pl(SC[paths[i]], 24, 4) for i in idx])
+        ORC["lab"] = torch.stack([_pl(SC[paths[i]], GRID, PATCH) for i in idx])
     if FG and step < FG_STEPS:
         if FG == 2:  # one token per object: the patch under its centre
-            KEEP["idx"] = [torch.tensor(sorted({min((o["y"] + o["w"] // 2) // 4, 23) * 24 + min((o["x"] + o["w"] // 2) // 4, 23)
+            KEEP["idx"] = [torch.tensor(sorted({min((o["y"] + o["w"] // 2) // PATCH, GRID - 1) * GRID + min((o["x"] + o["w"] // 2) // PATCH, GRID - 1)
                                                 for o in SC[paths[i]]["objects"]})) for i in idx]
         else:
-            KEEP["idx"] = [(patch_labels(SC[paths[i]], 24, 4) != 0).any(0).nonzero(as_tuple=True)[0] for i in idx]
+            KEEP["idx"] = [(patch_labels(SC[paths[i]], GRID, PATCH) != 0).any(0).nonzero(as_tuple=True)[0] for i in idx]
         red = _KeepFG()
     out = model(ids, mask, FE[idx], labels=lab, reduction=red)
     lg, tg = out.logits[:, :-1], out.prepared.labels[:, 1:]  # spliced positions (576 visual tokens inside)
-    first = (tg != -100) & torch.nn.functional.pad(tg[:, :-1] == -100, (1, 0), value=True)  # each answer's first token
-    if AUX:  # score the real answers only: the last first-token of each row (K=1)
-        last = torch.zeros_like(first)
-        last[torch.arange(first.shape[0]), (first.long() * torch.arange(first.shape[1])).argmax(1)] = True
-        first = last
-    hits.append((lg[first].argmax(-1) == tg[first]).float().mean().item())
+    # the positions predicting each answer's first token; with AUX only the last one per row (K=1) is a real answer
+    rows = [(b_, q) for b_, qs in enumerate(answer_queries(out.prepared.labels)) for q in (qs[-1:] if AUX else qs)]
+    bi, qi = torch.tensor(rows).T
+    hits.append((lg[bi, qi].argmax(-1) == tg[bi, qi]).float().mean().item())
     for g in opt.param_groups:
         g["lr"] = LR * min(1.0, (step + 1) / 30)
     loss = out.loss
@@ -195,7 +195,7 @@ for step in range(STEPS):
         loss = loss + ALIGN * ((proj_tok - tgt) ** 2).mean() / tgt.pow(2).mean().clamp_min(1e-8)
     if GROUND:
         spans = query_spans(spliced_ids(ids, mask, out.prepared), out.prepared.labels, MENTION, True)
-        g = grounding_loss(CAP, out.prepared, [x[2] for x in b], 24, 4, spans=spans)
+        g = grounding_loss(CAP, out.prepared, [x[2] for x in b], GRID, PATCH, spans=spans)
         CAP.clear()
         if g is not None:
             loss = loss + GROUND * g
