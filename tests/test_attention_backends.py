@@ -58,3 +58,19 @@ def test_eager_is_the_hand_formula():
 
 def test_distance_term_zero_on_diagonal():
     assert distance_bias(torch.tensor([0.0]), 10000.0, 128, 2.0).item() == 0.0
+
+
+def test_sdpa_kernel_choices_keep_the_cpu_result_and_reject_unknown_names():
+    from llava_restore.model.attention import SDPA_KERNELS, sdpa_kernels
+
+    B, L, H, d = 2, 12, 2, 32
+    g = torch.Generator().manual_seed(1)
+    q, k, v = (torch.randn(B, H, L, d, generator=g) for _ in range(3))
+    ctx = _ctx(B, L, L, "sdpa")
+    ref = attention(q, k, v, ctx, 1)
+    for name in ("no-cudnn", "math"):  # the eval default and an explicit pin, both runnable on the CPU
+        with sdpa_kernels(name):
+            torch.testing.assert_close(attention(q, k, v, ctx, 1), ref)
+    assert set(SDPA_KERNELS) >= {"auto", "no-cudnn", "cudnn"}
+    with pytest.raises(ValueError, match=r"unknown SDPA kernel 'cudn'.*no-cudnn"):
+        sdpa_kernels("cudn")

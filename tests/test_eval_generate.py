@@ -185,6 +185,7 @@ def test_run_shards_merge_and_result(reference, ckpt, data, tmp_path):
     assert t["n_timed"] == N_Q and t["samples_per_s"] > 0 and t["prefill_ms_per_sample"] > 0
     assert t["generate_ms_per_sample"] >= t["prefill_ms_per_sample"] and t["peak_memory_mb"] > 0
     assert len(saved["git"]["commit"]) == 40
+    assert saved["generation"]["sdpa_kernel"] == "no-cudnn"  # the eval default (docs/eval.md, SDPA back-end)
     # another config -> another folder; the same config -> the same folder
     plain = ["--benchmark", "pope", "--model-path", ckpt, "--data-root", str(data), "--output-root", str(tmp_path),
              "--max_new_tokens", MAX_NEW]
@@ -195,6 +196,7 @@ def test_run_shards_merge_and_result(reference, ckpt, data, tmp_path):
     assert folder(*RESTORE) == run_dir
     assert folder(*RESTORE, "--reduction-opts", "distance_term=false") != run_dir
     assert folder("--reduction", "divprune", "--n-vis", "64") != run_dir
+    assert folder(*RESTORE, "--sdpa-kernel", "auto") == run_dir  # a kernel choice is not a new config
     assert folder().name.startswith("full-")
 
 

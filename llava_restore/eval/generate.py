@@ -39,6 +39,7 @@ from llava_restore.eval.answers import (AnswerFileError, AnswerWriter, Duplicate
                                         default_errors_path, load_json_list, question_id_key, question_id_prompt_key,
                                         read_jsonl)
 from llava_restore.model.config import CheckpointError
+from llava_restore.model.attention import SDPA_KERNELS, sdpa_kernels
 from llava_restore.model.conversation import build_prompt, conv_templates
 from llava_restore.model.mm_utils import ImageLoadError, load_image, pad_sequences, process_images, tokenizer_image_token
 from llava_restore.reduction.cli import add_reduction_args, reduction_config_from_args
@@ -213,6 +214,7 @@ class GenSettings:
     pad_multiple: int = 16  # batched prompts are left-padded to a multiple of this (1 = off)
     reduction: Optional[ReductionConfig] = None
     attn_impl: Optional[str] = None  # None: the reduction config's backend, else the model's
+    sdpa_kernel: str = "no-cudnn"  # which torch SDPA back-ends the sdpa backend may use (SDPA_KERNELS)
     skip_missing_images: bool = False
     seed: int = 0
     progress: bool = True
@@ -247,6 +249,10 @@ def add_model_args(ap: argparse.ArgumentParser, default_model_path: Optional[str
     g.add_argument("--dtype", choices=DTYPES, default="auto", help="auto: float16 on GPU (config), float32 on CPU")
     g.add_argument("--attn-impl", choices=ATTN_BACKENDS, default=None,
                    help="attention backend (default: the reduction config's, else sdpa)")
+    g.add_argument("--sdpa-kernel", choices=SDPA_KERNELS, default="no-cudnn",
+                   help="torch scaled_dot_product_attention back-ends the sdpa backend may use: no-cudnn (default) "
+                        "= flash/efficient/math, as cuDNN plans each new shape (tens to hundreds of ms on first use); "
+                        "auto = torch's choice; else exactly that one")
 
 
 def add_decoding_args(ap: argparse.ArgumentParser) -> None:
@@ -293,7 +299,8 @@ def settings_from_args(args: argparse.Namespace, adapter: Adapter, parser: argpa
     return GenSettings(conv_mode=args.conv_mode, temperature=args.temperature, top_p=args.top_p,
                        num_beams=args.num_beams, max_new_tokens=max_new, batch_size=args.batch_size,
                        pad_multiple=args.pad_multiple,
-                       reduction=cfg, attn_impl=args.attn_impl, skip_missing_images=args.skip_missing_images,
+                       reduction=cfg, attn_impl=args.attn_impl, sdpa_kernel=args.sdpa_kernel,
+                       skip_missing_images=args.skip_missing_images,
                        seed=args.seed, progress=not args.no_progress)
 
 
@@ -328,13 +335,16 @@ class PrefillTimer:
     """Wall time of the prefill forwards inside ``model.generate``.
 
     Forward hooks on this model instance (removed on exit) time every call made without a KV
-    cache, i.e. the prefill; CUDA is synchronised around it.
+    cache, i.e. the prefill; CUDA is synchronised around it. ``calls`` keeps one
+    ``(seconds, input_ids shape)`` per prefill, for benchmarks that look for slow batches.
     """
 
     def __init__(self, model: torch.nn.Module, device: torch.device):
         self.model, self.device = model, device
         self.total_s = 0.0
+        self.calls: List[tuple] = []
         self._t0: Optional[float] = None
+        self._shape: tuple = ()
         self._handles: list = []
 
     def _sync(self) -> None:
@@ -344,12 +354,16 @@ class PrefillTimer:
     def _pre(self, module, args, kwargs):
         if kwargs.get("cache") is None:
             self._sync()
+            ids = args[0] if args else kwargs.get("input_ids")
+            self._shape = tuple(ids.shape) if isinstance(ids, torch.Tensor) else ()
             self._t0 = time.perf_counter()
 
     def _post(self, module, args, kwargs, output):
         if self._t0 is not None:
             self._sync()
-            self.total_s += time.perf_counter() - self._t0
+            dt = time.perf_counter() - self._t0
+            self.total_s += dt
+            self.calls.append((dt, self._shape))
             self._t0 = None
 
     def __enter__(self) -> "PrefillTimer":
@@ -446,7 +460,7 @@ def answer_batch(bundle: ModelBundle, batch: List[tuple], settings: GenSettings,
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
     t0 = time.perf_counter()
-    with torch.inference_mode():
+    with torch.inference_mode(), sdpa_kernels(settings.sdpa_kernel):
         out = model.generate(input_ids.to(dev), mask.to(dev), images, reduction=settings.reduction,
                              max_new_tokens=settings.max_new_tokens, do_sample=settings.temperature > 0,
                              temperature=settings.temperature, top_p=settings.top_p, num_beams=settings.num_beams,

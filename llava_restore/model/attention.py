@@ -14,6 +14,7 @@ down to every layer; nothing is stored on modules.  Backends:
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -25,6 +26,24 @@ import torch.nn.functional as F
 from llava_restore.reduction.distance import distance_bias
 
 NEG_INF = float("-inf")
+
+# --sdpa-kernel: which of PyTorch's scaled_dot_product_attention back-ends the sdpa backend may use
+SDPA_KERNELS = ("auto", "flash", "efficient", "cudnn", "math", "no-cudnn")
+
+
+def sdpa_kernels(name: str):
+    """Context restricting F.scaled_dot_product_attention: 'auto' = PyTorch's own choice, 'no-cudnn' =
+    flash, memory-efficient or math (PyTorch picks among them), else exactly that back-end."""
+    if name not in SDPA_KERNELS:
+        raise ValueError(f"unknown SDPA kernel {name!r}; known: {', '.join(SDPA_KERNELS)}")
+    if name == "auto":
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    one = {"flash": SDPBackend.FLASH_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION,
+           "cudnn": SDPBackend.CUDNN_ATTENTION, "math": SDPBackend.MATH}
+    allowed = [one["flash"], one["efficient"], one["math"]] if name == "no-cudnn" else [one[name]]
+    return sdpa_kernel(allowed)
 
 
 @dataclass

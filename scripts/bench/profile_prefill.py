@@ -18,6 +18,7 @@ sys.path.insert(0, str(REPO))
 from llava_restore.eval.benchmarks import get_adapter, get_benchmark  # noqa: E402
 from llava_restore.eval.generate import add_decoding_args, add_model_args, load_bundle, settings_from_args  # noqa: E402
 from llava_restore.eval.generate import build_prompt  # noqa: E402
+from llava_restore.model.attention import sdpa_kernels  # noqa: E402
 from llava_restore.model.mm_utils import pad_sequences, process_images, tokenizer_image_token  # noqa: E402
 
 
@@ -47,11 +48,12 @@ def main(argv=None):
 
     def prefill(n):
         input_ids, mask = pad_sequences(ids[:n], tok.pad_token_id, side="left")
-        with torch.inference_mode():
+        with torch.inference_mode(), sdpa_kernels(settings.sdpa_kernel):
             model(input_ids.to(dev), mask.to(dev), px[:n], reduction=settings.reduction, use_cache=True,
                   padding_side="left", attn_backend=settings.attn_impl, last_logits_only=True)
 
-    print(f"{dev}; reduction {settings.reduction.method if settings.reduction else 'none'}")
+    print(f"{dev}; {b.dtype}; sdpa kernel {settings.sdpa_kernel}; "
+          f"reduction {settings.reduction.method if settings.reduction else 'none'}")
     for n in args.batch_sizes:
         prefill(n)
         sync(dev)
