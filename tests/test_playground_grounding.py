@@ -5,8 +5,8 @@ from types import SimpleNamespace
 import torch
 
 from llava_restore.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
-from llava_restore.playground.grounding import (AttnInputs, answer_queries, grounding_loss, patch_mask,
-                                                query_spans, spliced_ids)
+from llava_restore.playground.grounding import (AttnInputs, answer_queries, grounding_loss, mention_answer_targets,
+                                                patch_mask, query_spans, spliced_ids)
 
 
 def test_patch_mask_uses_patch_centres():
@@ -114,6 +114,26 @@ def test_grounding_side_file_matches_the_conversations_and_scenes(tmp_path):
     assert n_grounded > 0
 
 
+def test_mention_answer_targets_pick_the_last_mention_of_short_non_option_answers():
+    # positions 0..19; turns: answer 5-6 (mention at 2 and 3 -> the last, 3), answer 10-11 (no mention),
+    # answer 14 (option letter 40, mention at 12), answer 17-19 + more (long: 3 tokens + 1 beyond the cap of 2)
+    L = 21
+    labels = torch.full((1, L), IGNORE_INDEX)
+    labels[0, 5:7] = torch.tensor([30, 2])
+    labels[0, 10:12] = torch.tensor([31, 2])
+    labels[0, 14] = 40
+    labels[0, 17:21] = torch.tensor([32, 33, 34, 2])
+    ids = torch.ones(1, L, dtype=torch.long)
+    ids[0, [2, 3, 12, 15]] = 50
+    mention, options = torch.tensor([50]), torch.tensor([40])
+    rows, pos, tgt = mention_answer_targets(ids, labels, mention, options, max_answer_tokens=2)
+    assert rows.tolist() == [0] and pos.tolist() == [3] and tgt.tolist() == [30]
+    rows, pos, tgt = mention_answer_targets(ids, labels, mention, options, max_answer_tokens=4)
+    assert pos.tolist() == [3, 15] and tgt.tolist() == [30, 32]  # the long answer now fits; 12 is an option turn
+    none = mention_answer_targets(torch.ones(1, L, dtype=torch.long), labels, mention, options)
+    assert [len(t) for t in none] == [0, 0, 0]
+
+
 def test_training_with_attention_supervision_runs_and_logs_the_loss(tmp_path):
     from llava_restore.playground.config import Sizes
     from llava_restore.playground.data import build
@@ -126,7 +146,8 @@ def test_training_with_attention_supervision_runs_and_logs_the_loss(tmp_path):
                                 steps=3, batch_size=4, warmup=1, vision_pretrain_steps=1, vision_pretrain_batch=2,
                                 model=TinySpec(vision_hidden=32, vision_layers=2, hidden=64, layers=2, intermediate=128,
                                                vocab_size=400), log_every=1, ground_weight=1.0, ground_layers=[-1],
-                                ground_from_mention=True, decoder_init_std=0.09, vision_fg_weight=3.0)
-    summary = train(cfg, on_step=lambda step, model, tok, proc, stats: seen.append(stats["ground"]))
-    assert len(seen) == 3 and any(g is not None for g in seen)
+                                ground_from_mention=True, decoder_init_std=0.09, vision_fg_weight=3.0, aux_weight=0.5)
+    summary = train(cfg, on_step=lambda step, model, tok, proc, stats: seen.append((stats["ground"], stats["aux"])))
+    assert len(seen) == 3 and any(g is not None for g, _ in seen) and any(a is not None for _, a in seen)
     assert summary["final_ground_loss"] is not None and 0 < summary["final_ground_loss"] < 20
+    assert summary["final_aux_loss"] is not None and 0 < summary["final_aux_loss"] < 20

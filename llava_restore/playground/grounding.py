@@ -139,3 +139,30 @@ def grounding_loss(cap: AttnInputs, prepared, grounding: Sequence[Sequence[Seque
                     terms.append(-torch.logsumexp(logp[row:row + len(ps)][:, target], dim=1).mean())
                 row += len(ps)
     return torch.stack(terms).mean() if terms else None
+
+
+def mention_answer_targets(ids: torch.Tensor, labels: torch.Tensor, mention_ids: torch.Tensor,
+                           option_ids: torch.Tensor, max_answer_tokens: int = 4) -> tuple:
+    """The hop-1 aid's targets: per eligible turn, (sample, position of the question's last mention
+    word, the answer's first token). ``ids`` (B, L) spliced text ids (``spliced_ids``), ``labels``
+    (B, L) spliced labels.
+
+    A turn is eligible when its question names an object (a mention word after the previous answer)
+    and its answer is short (at most ``max_answer_tokens`` tokens with ``</s>``, so no captions) and not an option
+    letter (in a multiple-choice prompt the last mention is inside an option). Returns three (N,)
+    long tensors, empty when no turn is eligible."""
+    rows, pos, tgt = [], [], []
+    for b, turns in enumerate(query_spans(ids, labels, mention_ids, True)):
+        sup = (labels[b] != IGNORE_INDEX).tolist()
+        for span in turns:
+            start, q = span[0], span[-1]
+            n_ans = 0
+            while q + 1 + n_ans < len(sup) and sup[q + 1 + n_ans]:
+                n_ans += 1
+            first = int(labels[b, q + 1])
+            if start < q and n_ans <= max_answer_tokens and first not in option_ids:
+                rows.append(b)
+                pos.append(start)
+                tgt.append(first)
+    as_t = lambda v: torch.tensor(v, dtype=torch.long, device=labels.device)
+    return as_t(rows), as_t(pos), as_t(tgt)

@@ -31,7 +31,8 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from llava_restore.model.builder import save_pretrained
-from llava_restore.playground.grounding import AttnInputs, grounding_loss, patch_mask, query_spans, spliced_ids
+from llava_restore.playground.grounding import (AttnInputs, grounding_loss, mention_answer_targets, patch_mask,
+                                                query_spans, spliced_ids)
 from llava_restore.reduction.config import ReductionConfig
 from llava_restore.tools.make_tiny import TinySpec, build_tiny
 from llava_restore.train.data import Collator, SupervisedDataset
@@ -87,6 +88,9 @@ class PlaygroundTrainConfig:
     ground_layers: List[int] = field(default_factory=lambda: [-2, -1])
     ground_file: str = "train/llava_playground_train_grounding.json"  # relative to data
     ground_from_mention: bool = False  # also supervise the question positions from its last object word on
+    # hop-1 aid (grounding.mention_answer_targets): the question's last object word also predicts the
+    # answer's first token, with this loss weight (0 = off); see playground/README.md
+    aux_weight: float = 0.0
 
 
 def lr_at(step: int, cfg: PlaygroundTrainConfig) -> float:
@@ -220,6 +224,11 @@ def ensure_data(cfg: PlaygroundTrainConfig) -> None:
         build(cfg.data)
 
 
+def _option_ids(tok) -> torch.Tensor:
+    """Token ids of the option letters a multiple-choice answer starts with."""
+    return torch.tensor(sorted({tok.encode(c, add_special_tokens=False)[0] for c in "ABCDEF"}))
+
+
 def _mention_ids(tok) -> torch.Tensor:
     """Token ids of the words that name objects in questions (colours, shapes, 'object')."""
     from llava_restore.playground import vocab
@@ -291,9 +300,9 @@ def train(cfg: PlaygroundTrainConfig, on_step=None) -> dict:
     r = cfg.train_reduction
     train_red = None if (r.method == "none" and r.n_vis is None) else r.resolve()
     cap = AttnInputs(model, cfg.ground_layers) if cfg.ground_weight > 0 else None
-    mention_ids = _mention_ids(tok).to(cfg.device)
+    mention_ids, option_ids = _mention_ids(tok).to(cfg.device), _option_ids(tok).to(cfg.device)
     grid, patch = model.get_vision_tower().grid_hw[0], model.get_vision_tower().config.patch_size
-    step, t0, tokens, losses, glosses = 0, time.time(), 0, [], []
+    step, t0, tokens, losses, glosses, auxes = 0, time.time(), 0, [], [], []
     n_trunc = 0
     bar = tqdm(total=cfg.steps, desc="stage 2: LLaVA training", unit="step")
     while step < cfg.steps:
@@ -317,6 +326,13 @@ def train(cfg: PlaygroundTrainConfig, on_step=None) -> dict:
                 if g is not None:
                     loss = loss + cfg.ground_weight * g
                     glosses.append(g.item())
+            if cfg.aux_weight > 0:
+                ids_sp = spliced_ids(dev["input_ids"], dev["attention_mask"], out.prepared)
+                rows, pos, tgt = mention_answer_targets(ids_sp, out.prepared.labels, mention_ids, option_ids)
+                if len(rows):
+                    aux = torch.nn.functional.cross_entropy(out.logits[rows, pos].float(), tgt)
+                    loss = loss + cfg.aux_weight * aux
+                    auxes.append(aux.item())
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
@@ -326,7 +342,8 @@ def train(cfg: PlaygroundTrainConfig, on_step=None) -> dict:
             losses.append(out.loss.item())
             step += 1
             bar.update(1)
-            bar.set_postfix(loss=f"{losses[-1]:.3f}", **({"ground": f"{glosses[-1]:.2f}"} if glosses else {}))
+            bar.set_postfix(loss=f"{losses[-1]:.3f}", **({"ground": f"{glosses[-1]:.2f}"} if glosses else {}),
+                            **({"aux": f"{auxes[-1]:.2f}"} if auxes else {}))
             if step % cfg.log_every == 0 or step == cfg.steps:
                 el = time.time() - t0
                 writer.add_scalar("train/loss", sum(losses[-cfg.log_every:]) / len(losses[-cfg.log_every:]), step)
@@ -334,8 +351,11 @@ def train(cfg: PlaygroundTrainConfig, on_step=None) -> dict:
                 writer.add_scalar("train/tokens_per_s", tokens / el, step)
                 if glosses:
                     writer.add_scalar("train/ground_loss", sum(glosses[-cfg.log_every:]) / len(glosses[-cfg.log_every:]), step)
+                if auxes:
+                    writer.add_scalar("train/aux_loss", sum(auxes[-cfg.log_every:]) / len(auxes[-cfg.log_every:]), step)
             if on_step is not None:
-                on_step(step, model, tok, proc, {"loss": losses[-1], "ground": glosses[-1] if glosses else None})
+                on_step(step, model, tok, proc, {"loss": losses[-1], "ground": glosses[-1] if glosses else None,
+                                                 "aux": auxes[-1] if auxes else None})
     bar.close()
     if cap is not None:
         cap.close()
@@ -347,6 +367,7 @@ def train(cfg: PlaygroundTrainConfig, on_step=None) -> dict:
                "stage1_final_loss": vision_loss, "projector_scale": scale, "params": n_params,
                "final_loss": sum(losses[-20:]) / len(losses[-20:]), "first_loss": losses[0],
                "final_ground_loss": sum(glosses[-20:]) / len(glosses[-20:]) if glosses else None,
+               "final_aux_loss": sum(auxes[-20:]) / len(auxes[-20:]) if auxes else None,
                "truncated_records": n_trunc, "config": asdict(cfg)}
     with open(os.path.join(cfg.out, "train_summary.json"), "w") as f:
         json.dump(summary, f, indent=2)

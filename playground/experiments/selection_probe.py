@@ -24,6 +24,10 @@ patch under each object's centre; ``FG_STEPS=N`` switches to all 576 tokens afte
 - ``Q=bare``: the same, as ``<image>\n<shape or colour word>`` -> answer, without the chat template
   (the word that names the object is the query position itself).
 
+``DSTEP=N`` (with ``FG=1``): a distractor curriculum -- keep only the asked object's patches
+plus ``step // N`` other objects of its image (texts dropped until every object is in).
+``FEATS=none`` (with ``ORACLE=1``) needs no cached features. ``DEV=cuda`` runs on a GPU.
+
 ``K`` turns per conversation (each answer supervised), batch ``BS``, AdamW ``LR``, decoder init
 ``INIT``, ``LAYERS``/``HEADS``, ``T`` threads. Prints the running loss and the first-answer-token
 accuracy over the last 25 steps.
@@ -42,24 +46,34 @@ env = lambda k, d: type(d)(os.environ.get(k, d))
 torch.set_num_threads(env("T", 2))
 Q, K, BS, LR, STEPS = env("Q", "select"), env("K", 1), env("BS", 16), env("LR", 2e-3), env("STEPS", 200)
 D = "playground/data"
-C = torch.load(os.environ.get("FEATS", "runs/gp2/feats.pt"))
-FE, paths = C["feats"], C["paths"]  # (N_img, 576, Dv) fp16; image paths (train first)
+DEV = torch.device(env("DEV", "cpu"))
 scenes = [json.loads(l) for l in open(f"{D}/scenes/train.jsonl")]
+if os.environ.get("FEATS") == "none":  # oracle tokens only: no ViT features needed
+    assert env("ORACLE", 0), "FEATS=none needs ORACLE=1"
+    C = None
+    FE, paths = torch.zeros(len(scenes), 1, 64, dtype=torch.float16), [s["image"] for s in scenes]
+else:
+    C = torch.load(os.environ.get("FEATS", "runs/gp2/feats.pt"))
+    FE, paths = C["feats"], C["paths"]  # (N_img, 576, Dv) fp16; image paths (train first)
 SC = {s["image"]: s["scene"] for s in scenes}
 n_train = len(scenes)
 spec = TinySpec(image_size=96, patch_size=4, vision_hidden=64, vision_layers=3, vision_heads=4, hidden=128,
                 layers=env("LAYERS", 4), heads=env("HEADS", 4), kv_heads=env("HEADS", 4), intermediate=384, vocab_size=640)
 tok, model, proc = build_tiny(spec, seed=0, tokenizer_texts=corpus_texts(D), init_std=env("INIT", 0.09))
-model.get_vision_tower().load_state_dict(C["tower"])
+if C is not None:
+    model.get_vision_tower().load_state_dict(C["tower"])
+model.to(DEV)
 GRID, PATCH = model.get_vision_tower().grid_hw[0], spec.patch_size  # 24 x 24 patches of 4 px
 model.get_vision_tower().requires_grad_(False)
 # this instance only: the cached features stand in for the (frozen) tower's output
 model.encode_images = lambda images, want_cls_attn=False: (images.float(), model.model.mm_projector(images.float()), None)
+FE = FE if C is None else FE.to(DEV)
 with torch.no_grad():  # the trainer's projector rescale: visual tokens at the text embeddings' scale
-    fac = model.model.embed_tokens.weight.std().item() / model.model.mm_projector(FE[:16].float()).std().item()
-    last = [m for m in model.model.mm_projector.modules() if isinstance(m, torch.nn.Linear)][-1]
-    last.weight.mul_(fac)
-    last.bias.mul_(fac)
+    if C is not None:
+        fac = model.model.embed_tokens.weight.std().item() / model.model.mm_projector(FE[:16].float()).std().item()
+        last = [m for m in model.model.mm_projector.modules() if isinstance(m, torch.nn.Linear)][-1]
+        last.weight.mul_(fac)
+        last.bias.mul_(fac)
 AUX = env("AUX", 0)  # 1: the object word's position is also trained to predict the answer (see sample)
 ALIGN = env("ALIGN", 0.0)  # > 0: MSE of the ViT tokens to the oracle tokens (target detached), added to the loss
 ORACLE = env("ORACLE", 0)  # 1: each object patch's token = word embeddings of its colour + shape (+ size); background 0
@@ -67,9 +81,9 @@ if ORACLE or ALIGN or env("PREALIGN", 0):
     from llava_restore.playground import vocab as V
     from llava_restore.playground.train import patch_labels as _pl
     _w = lambda s: tok.encode(s, add_special_tokens=False)[0]
-    _CW = torch.tensor([0] + [_w(c) for c in V.COLORS])
-    _SW = torch.tensor([0] + [_w(c) for c in V.SHAPES] + [_w("text")])
-    _ZW = torch.tensor([0, _w("small"), _w("large")])
+    _CW = torch.tensor([0] + [_w(c) for c in V.COLORS], device=DEV)
+    _SW = torch.tensor([0] + [_w(c) for c in V.SHAPES] + [_w("text")], device=DEV)
+    _ZW = torch.tensor([0, _w("small"), _w("large")], device=DEV)
     ORC = {}
 
     def _oracle_tokens(lb):  # (B, 3, N) patch labels -> (B, N, D)
@@ -79,6 +93,9 @@ if ORACLE or ALIGN or env("PREALIGN", 0):
     def _oracle(images, want_cls_attn=False):
         return images.float(), _oracle_tokens(ORC["lab"]), None
     if ORACLE:
+        if C is None:  # FE is a placeholder: stand in zeros of the grid's length
+            FE = torch.zeros(len(scenes), 1, 1, dtype=torch.float16)
+            _feat = lambda idx: torch.zeros(len(idx), GRID * GRID, 64, device=DEV)
         model.encode_images = _oracle
 FG, FG_STEPS = env("FG", 0), env("FG_STEPS", 10 ** 9)  # FG=2: one token per object; FG_STEPS: then all 576 tokens; 1: keep only the object/text patches (original RoPE positions), as a cheaper, less diluted regime
 if FG:
@@ -97,9 +114,11 @@ if FG:
         _, proj, _ = model.encode_images(images)
         out = []
         for b, idx in enumerate(KEEP["idx"]):
-            src = torch.full((proj.shape[1],), -1, dtype=torch.long)
-            src[idx] = torch.arange(len(idx))
-            out.append(ReductionResult(proj[b:b + 1, idx], src[None], torch.ones(1, len(idx)), idx[None].float()))
+            idx = idx.to(proj.device)
+            src = torch.full((proj.shape[1],), -1, dtype=torch.long, device=proj.device)
+            src[idx] = torch.arange(len(idx), device=proj.device)
+            out.append(ReductionResult(proj[b:b + 1, idx], src[None], torch.ones(1, len(idx), device=proj.device),
+                                       idx[None].float()))
         return out
     model.reduce = _reduce
 GROUND = env("GROUND", 0.0)  # > 0: the trainer's attention supervision, from the question's object word on
@@ -110,6 +129,17 @@ if GROUND:
     MENTION = _mention_ids(tok)
 SUF = "" if env("NOSUF", 0) else "\nAnswer the question using a single word or phrase."
 CLIP, BETA2 = env("CLIP", 1.0), env("BETA2", 0.98)
+DSTEP = env("DSTEP", 0)
+_feat = globals().get("_feat") or (lambda idx: FE[idx])
+
+
+def kept_patches(sc, box, n_other, rng):  # the asked object's patches + n_other other objects' (distractor curriculum)
+    objs = list(sc["objects"])
+    rng.shuffle(objs)
+    asked = [o for o in objs if [o["x"], o["y"], o["w"], o["w"]] == box]
+    others = [o for o in objs if o not in asked][:n_other]
+    texts = sc["texts"] if len(others) + len(asked) >= len(objs) else []
+    return (patch_labels({"objects": asked + others, "texts": texts}, GRID, PATCH) != 0).any(0).nonzero(as_tuple=True)[0]
 
 
 def questions(sc, rng):  # [(question, answer, [box])]
@@ -172,26 +202,31 @@ for step in range(STEPS):
     lab, _ = pad_sequences([x[1] for x in b], -100, "right")
     red = None
     if ORACLE or ALIGN:
-        ORC["lab"] = torch.stack([_pl(SC[paths[i]], GRID, PATCH) for i in idx])
+        ORC["lab"] = torch.stack([_pl(SC[paths[i]], GRID, PATCH) for i in idx]).to(DEV)
     if FG and step < FG_STEPS:
         if FG == 2:  # one token per object: the patch under its centre
             KEEP["idx"] = [torch.tensor(sorted({min((o["y"] + o["w"] // 2) // PATCH, GRID - 1) * GRID + min((o["x"] + o["w"] // 2) // PATCH, GRID - 1)
                                                 for o in SC[paths[i]]["objects"]})) for i in idx]
+        elif DSTEP and Q != "bg":
+            KEEP["idx"] = [kept_patches(SC[paths[i]], x[2][0][0], step // DSTEP, rng) if x[2] and x[2][0] else
+                           (patch_labels(SC[paths[i]], GRID, PATCH) != 0).any(0).nonzero(as_tuple=True)[0]
+                           for i, x in zip(idx, b)]
         else:
             KEEP["idx"] = [(patch_labels(SC[paths[i]], GRID, PATCH) != 0).any(0).nonzero(as_tuple=True)[0] for i in idx]
         red = _KeepFG()
-    out = model(ids, mask, FE[idx], labels=lab, reduction=red)
+    ids, mask, lab = ids.to(DEV), mask.to(DEV), lab.to(DEV)
+    out = model(ids, mask, _feat(idx), labels=lab, reduction=red)
     lg, tg = out.logits[:, :-1], out.prepared.labels[:, 1:]  # spliced positions (576 visual tokens inside)
     # the positions predicting each answer's first token; with AUX only the last one per row (K=1) is a real answer
     rows = [(b_, q) for b_, qs in enumerate(answer_queries(out.prepared.labels)) for q in (qs[-1:] if AUX else qs)]
-    bi, qi = torch.tensor(rows).T
+    bi, qi = torch.tensor(rows, device=DEV).T
     hits.append((lg[bi, qi].argmax(-1) == tg[bi, qi]).float().mean().item())
     for g in opt.param_groups:
         g["lr"] = LR * min(1.0, (step + 1) / 30)
     loss = out.loss
     if ALIGN:
         tgt = _oracle_tokens(ORC["lab"]).detach()  # (B, 576, D)
-        proj_tok = model.model.mm_projector(FE[idx].float())
+        proj_tok = model.model.mm_projector(_feat(idx).float())
         loss = loss + ALIGN * ((proj_tok - tgt) ** 2).mean() / tgt.pow(2).mean().clamp_min(1e-8)
     if GROUND:
         spans = query_spans(spliced_ids(ids, mask, out.prepared), out.prepared.labels, MENTION, True)
