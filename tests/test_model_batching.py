@@ -84,3 +84,32 @@ def test_rows_finishing_early_are_dropped_without_changing_answers():
                 assert row[:len(single)] == single and all(t == 0 for t in row[len(single):]), (red, cache, b)
             if red is None:
                 assert batch.shape[1] == max(lengths)
+
+
+def test_visual_keep_equals_the_same_pruning_at_retained_positions(tiny_loaded):
+    """``visual_keep`` (a training curriculum / oracle ablation) keeps the given patches at their
+    original positions: all patches = the plain forward; DivPrune's picks = DivPrune in retain mode."""
+    import pytest
+
+    from llava_restore.reduction.config import ReductionConfig
+
+    tok, model, proc, _ = tiny_loaded
+    ids, mask, images, _ = make_batch(tok, proc, QUESTIONS, SEEDS, side="left")
+    N = model.get_vision_tower().num_patches
+    with torch.no_grad():
+        plain = model(ids, mask, images, padding_side="left")
+        every = model(ids, mask, images, padding_side="left", visual_keep=[torch.arange(N)] * 3)
+        torch.testing.assert_close(every.logits, plain.logits)
+        cfg = ReductionConfig(method="divprune", n_vis=9, position_mode="retain").resolve()
+        picks = [r.source[0].ge(0).nonzero(as_tuple=True)[0] for r in model.reduce(images, cfg)]
+        assert [len(p) for p in picks] == [9, 9, 9]
+        pruned = model(ids, mask, images, padding_side="left", reduction=cfg)
+        kept = model(ids, mask, images, padding_side="left", visual_keep=picks)
+        torch.testing.assert_close(kept.logits, pruned.logits)
+        assert torch.equal(kept.prepared.positions, pruned.prepared.positions)
+        for bad, what in (([torch.arange(0)] * 3, "0 indices"), ([torch.tensor([3, 1])] * 3, "increasing"),
+                          ([torch.tensor([N])] * 3, f"in \\[0, {N}\\)"), ([torch.arange(3)] * 2, "2 index lists")):
+            with pytest.raises(ValueError, match=what):
+                model(ids, mask, images, padding_side="left", visual_keep=bad)
+        with pytest.raises(ValueError, match="exclusive"):
+            model(ids, mask, images, padding_side="left", reduction=cfg, visual_keep=picks)

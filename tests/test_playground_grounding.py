@@ -134,7 +134,7 @@ def test_mention_answer_targets_pick_the_last_mention_of_short_non_option_answer
     assert [len(t) for t in none] == [0, 0, 0]
 
 
-def test_training_with_attention_supervision_runs_and_logs_the_loss(tmp_path):
+def test_training_with_attention_supervision_aux_and_foreground_steps(tmp_path):
     from llava_restore.playground.config import Sizes
     from llava_restore.playground.data import build
     from llava_restore.playground.train import PlaygroundTrainConfig, train
@@ -146,8 +146,12 @@ def test_training_with_attention_supervision_runs_and_logs_the_loss(tmp_path):
                                 steps=3, batch_size=4, warmup=1, vision_pretrain_steps=1, vision_pretrain_batch=2,
                                 model=TinySpec(vision_hidden=32, vision_layers=2, hidden=64, layers=2, intermediate=128,
                                                vocab_size=400), log_every=1, ground_weight=1.0, ground_layers=[-1],
-                                ground_from_mention=True, decoder_init_std=0.09, vision_fg_weight=3.0, aux_weight=0.5)
-    summary = train(cfg, on_step=lambda step, model, tok, proc, stats: seen.append((stats["ground"], stats["aux"])))
+                                ground_from_mention=True, decoder_init_std=0.09, vision_fg_weight=3.0, aux_weight=0.5,
+                                foreground_steps=2)
+    vis = []
+    summary = train(cfg, on_step=lambda step, model, tok, proc, stats: (seen.append((stats["ground"], stats["aux"])),
+                                                                       vis.append(stats["visual_tokens"])))
     assert len(seen) == 3 and any(g is not None for g, _ in seen) and any(a is not None for _, a in seen)
+    assert 0 < vis[0] < 576 and 0 < vis[1] < 576 and vis[2] == 576  # foreground patches only, then all
     assert summary["final_ground_loss"] is not None and 0 < summary["final_ground_loss"] < 20
     assert summary["final_aux_loss"] is not None and 0 < summary["final_aux_loss"] < 20

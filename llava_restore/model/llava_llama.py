@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -85,9 +86,17 @@ class LlavaLlamaForCausalLM(nn.Module):
         projected = self.model.mm_projector(out.features.to(proj_dtype))
         return out.features, projected, out.cls_attn
 
-    def reduce(self, images: torch.Tensor, cfg: ReductionConfig | None) -> list[ReductionResult]:
-        """Encode and reduce every image; returns one single-sample result per image."""
+    def reduce(self, images: torch.Tensor, cfg: ReductionConfig | None,
+               keep: Sequence[torch.Tensor] | None = None) -> list[ReductionResult]:
+        """Encode and reduce every image; returns one single-sample result per image.
+
+        ``keep`` (instead of ``cfg``): per image, the increasing patch indices to keep as they are
+        (pure pruning at the original positions; e.g. a training curriculum or an oracle ablation)."""
         tower = self.get_vision_tower()
+        if keep is not None:
+            if cfg is not None and cfg.method != "none":
+                raise ValueError(f"visual_keep and reduction method {cfg.method!r} are exclusive")
+            return self._keep(images, keep)
         active = cfg is not None and cfg.method != "none"
         vis, proj, cls_attn = self.encode_images(images, want_cls_attn=active)
         if not active:
@@ -101,10 +110,30 @@ class LlavaLlamaForCausalLM(nn.Module):
         return [ReductionResult(res.features[i:i + 1], res.source[i:i + 1], res.sizes[i:i + 1], res.positions[i:i + 1])
                 for i in range(images.shape[0])]
 
+    def _keep(self, images: torch.Tensor, keep: Sequence[torch.Tensor]) -> list[ReductionResult]:
+        _, proj, _ = self.encode_images(images)  # (B, N, D)
+        B, N = proj.shape[:2]
+        if len(keep) != B:
+            raise ValueError(f"visual_keep has {len(keep)} index lists for {B} images")
+        out = []
+        for i, idx in enumerate(keep):
+            idx = torch.as_tensor(idx, device=proj.device).long().flatten()  # (n,)
+            n = idx.numel()
+            if n == 0 or int(idx.min()) < 0 or int(idx.max()) >= N or (n > 1 and not bool((idx[1:] > idx[:-1]).all())):
+                raise ValueError(f"visual_keep[{i}] must be 1..{N} increasing patch indices in [0, {N}), got "
+                                 f"{idx.tolist()[:8]}{'...' if n > 8 else ''} ({n} indices)")
+            src = torch.full((N,), -1, dtype=torch.long, device=proj.device)
+            src[idx] = torch.arange(n, device=proj.device)
+            out.append(ReductionResult(proj[i:i + 1, idx], src[None], torch.ones(1, n, device=proj.device),
+                                       idx[None].float()))
+        return out
+
     # ------------------------------------------------------------- preparation
     def prepare_multimodal(self, input_ids, attention_mask=None, images=None, labels=None,
-                           reduction: ReductionConfig | None = None, padding_side: str = "right") -> Prepared:
-        """Splice (reduced) visual tokens into each sample at its ``IMAGE_TOKEN_INDEX`` placeholders."""
+                           reduction: ReductionConfig | None = None, padding_side: str = "right",
+                           visual_keep: Sequence[torch.Tensor] | None = None) -> Prepared:
+        """Splice (reduced) visual tokens into each sample at its ``IMAGE_TOKEN_INDEX`` placeholders.
+        ``visual_keep``: see ``reduce``; the kept tokens keep their original positions."""
         B, L = input_ids.shape
         dev = input_ids.device
         if attention_mask is None:
@@ -117,8 +146,8 @@ class LlavaLlamaForCausalLM(nn.Module):
             per = is_img.sum(1).tolist()
             raise ValueError(f"found {n_placeholders} image placeholders in input_ids (per sample {per}) "
                              f"but {n_images} images were given")
-        retain = reduction is not None and reduction.position_mode == "retain"
-        reds = self.reduce(images, reduction) if n_images else []
+        retain = visual_keep is not None or (reduction is not None and reduction.position_mode == "retain")
+        reds = self.reduce(images, reduction, keep=visual_keep) if n_images else []
         text_emb = self.model.embed_tokens(input_ids.masked_fill(input_ids < 0, 0))  # (B, L, D)
 
         rows, img_i = [], 0
@@ -197,8 +226,11 @@ class LlavaLlamaForCausalLM(nn.Module):
     # ------------------------------------------------------------------ forward
     def forward(self, input_ids: torch.Tensor, attention_mask=None, images=None, labels=None,
                 reduction: ReductionConfig | None = None, cache: KVCache | None = None, use_cache: bool = False,
-                padding_side: str = "right", attn_backend: str | None = None, last_logits_only: bool = False) -> LlavaOutput:
+                padding_side: str = "right", attn_backend: str | None = None, last_logits_only: bool = False,
+                visual_keep: Sequence[torch.Tensor] | None = None) -> LlavaOutput:
         """Prefill (``cache`` None or empty) or one decode step of new text tokens (B, T).
+
+        ``visual_keep``: per image, the patch indices to keep at their original positions (see ``reduce``).
 
         ``last_logits_only`` projects only the last position to the vocabulary (logits (B, 1, V)),
         which is all generation needs; it cannot be combined with ``labels``."""
@@ -208,7 +240,7 @@ class LlavaLlamaForCausalLM(nn.Module):
             reduction = reduction.resolve()
         if cache is not None and cache.length > 0:
             return self._decode(input_ids, reduction, cache, attn_backend)
-        prep = self.prepare_multimodal(input_ids, attention_mask, images, labels, reduction, padding_side)
+        prep = self.prepare_multimodal(input_ids, attention_mask, images, labels, reduction, padding_side, visual_keep)
         cache = KVCache() if (use_cache or cache is not None) else None
         meta = cache if cache is not None else KVCache()
         meta.key_valid, meta.key_pos, meta.key_visual = prep.valid, prep.positions, prep.visual

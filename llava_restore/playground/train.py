@@ -83,6 +83,10 @@ class PlaygroundTrainConfig:
     # switched off for the last ``full_token_steps`` steps so the model ends on all 576 tokens
     train_reduction: ReductionConfig = field(default_factory=ReductionConfig)
     full_token_steps: int = 0
+    # the first N stage-2 steps keep only the visual tokens of patches covered by an object or a
+    # text (from the scenes' ground truth, scenes/<part>.jsonl), at their original positions: ~10%
+    # of the tokens, so cheaper steps that are not diluted by background (0 = off)
+    foreground_steps: int = 0
     # attention supervision (llava_restore/playground/grounding.py): weight 0 = off
     ground_weight: float = 0.0
     ground_layers: List[int] = field(default_factory=lambda: [-2, -1])
@@ -237,25 +241,59 @@ def _mention_ids(tok) -> torch.Tensor:
     return torch.tensor(sorted({tok.encode(w, add_special_tokens=False)[-1] for w in words}))
 
 
-class _Grounded(torch.utils.data.Dataset):
-    """(Example, per-turn boxes) pairs: the LLaVA dataset plus the grounding side file."""
+class _WithSideInfo(torch.utils.data.Dataset):
+    """(Example, {"grounding": per-turn boxes, "keep": foreground patch indices}) pairs: the LLaVA
+    dataset plus the grounding side file and/or the scenes (either may be None)."""
 
-    def __init__(self, ds: SupervisedDataset, boxes: dict):
-        self.ds, self.boxes = ds, boxes
+    def __init__(self, ds: SupervisedDataset, boxes: dict | None, scenes: dict | None, grid: int, patch: int):
+        self.ds, self.boxes, self.scenes, self.grid, self.patch = ds, boxes, scenes, grid, patch
 
     def __len__(self):
         return len(self.ds)
 
     def __getitem__(self, i):
-        return self.ds[i], self.boxes.get(self.ds.records[i].get("id"), [])
+        rec = self.ds.records[i]
+        side = {"grounding": self.boxes.get(rec.get("id"), []) if self.boxes is not None else []}
+        if self.scenes is not None and rec.get("image") is None:
+            side["keep"] = None  # a text-only record
+        elif self.scenes is not None:
+            scene = self.scenes.get(rec["image"])
+            if scene is None:
+                raise KeyError(f"foreground_steps: no scene for image {rec.get('image')!r} (record {rec.get('id')!r}) "
+                               "in the scenes files; rebuild the data")
+            fg = (patch_labels(scene, self.grid, self.patch) != 0).any(0).nonzero(as_tuple=True)[0]
+            side["keep"] = fg if len(fg) else torch.arange(self.grid * self.grid)  # an empty scene keeps all
+        return self.ds[i], side
 
 
-class _GroundedCollator:
+class _SideInfoCollator:
     def __init__(self, pad_id: int):
         self.base = Collator(pad_id)
 
     def __call__(self, items):
-        return {**self.base([e for e, _ in items]), "grounding": [g for _, g in items]}
+        out = {**self.base([e for e, _ in items]), "grounding": [s["grounding"] for _, s in items]}
+        if "keep" in items[0][1]:  # one index list per image (text-only records have none)
+            out["keep"] = [s["keep"] for e, s in items if e.image is not None]
+        return out
+
+
+def _load_scenes(data: str) -> dict:
+    """image path (relative to the data folder) -> scene, from every ``scenes/*.jsonl``."""
+    folder = os.path.join(data, "scenes")
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"foreground_steps needs the scenes under {folder}; rebuild the data "
+                                "(python -m llava_restore.playground build --force)")
+    out = {}
+    for name in sorted(os.listdir(folder)):
+        if name.endswith(".jsonl"):
+            with open(os.path.join(folder, name)) as f:
+                for n, line in enumerate(f, 1):
+                    try:
+                        rec = json.loads(line)
+                        out[rec["image"]] = rec["scene"]
+                    except (json.JSONDecodeError, KeyError) as err:
+                        raise ValueError(f"{os.path.join(folder, name)} line {n}: not a scene record ({err})") from None
+    return out
 
 
 def train(cfg: PlaygroundTrainConfig, on_step=None) -> dict:
@@ -273,14 +311,19 @@ def train(cfg: PlaygroundTrainConfig, on_step=None) -> dict:
     ds = SupervisedDataset(os.path.join(cfg.data, cfg.train_file), image_folder, tok, proc, max_length=cfg.max_length)
     gen = torch.Generator().manual_seed(cfg.seed)
     collate = Collator(tok.pad_token_id)
-    if cfg.ground_weight > 0:
-        gpath = os.path.join(cfg.data, cfg.ground_file)
-        if not os.path.isfile(gpath):
-            raise FileNotFoundError(f"ground_weight={cfg.ground_weight} needs the grounding side file {gpath}; "
-                                    "rebuild the data (python -m llava_restore.playground build --force)")
-        with open(gpath) as f:
-            ds = _Grounded(ds, json.load(f))
-        collate = _GroundedCollator(tok.pad_token_id)
+    grid, patch = model.get_vision_tower().grid_hw[0], model.get_vision_tower().config.patch_size
+    if cfg.ground_weight > 0 or cfg.foreground_steps > 0:
+        boxes = None
+        if cfg.ground_weight > 0:
+            gpath = os.path.join(cfg.data, cfg.ground_file)
+            if not os.path.isfile(gpath):
+                raise FileNotFoundError(f"ground_weight={cfg.ground_weight} needs the grounding side file {gpath}; "
+                                        "rebuild the data (python -m llava_restore.playground build --force)")
+            with open(gpath) as f:
+                boxes = json.load(f)
+        scenes = _load_scenes(cfg.data) if cfg.foreground_steps > 0 else None
+        ds = _WithSideInfo(ds, boxes, scenes, grid, patch)
+        collate = _SideInfoCollator(tok.pad_token_id)
     loader = DataLoader(ds, batch_size=cfg.batch_size, shuffle=True, generator=gen, collate_fn=collate,
                         num_workers=cfg.workers, drop_last=True)
     n_params = sum(p.numel() for p in model.parameters())
@@ -301,7 +344,8 @@ def train(cfg: PlaygroundTrainConfig, on_step=None) -> dict:
     train_red = None if (r.method == "none" and r.n_vis is None) else r.resolve()
     cap = AttnInputs(model, cfg.ground_layers) if cfg.ground_weight > 0 else None
     mention_ids, option_ids = _mention_ids(tok).to(cfg.device), _option_ids(tok).to(cfg.device)
-    grid, patch = model.get_vision_tower().grid_hw[0], model.get_vision_tower().config.patch_size
+    if cfg.foreground_steps > 0 and train_red is not None:
+        raise ValueError("foreground_steps and train_reduction are exclusive; set one of them")
     step, t0, tokens, losses, glosses, auxes = 0, time.time(), 0, [], [], []
     n_trunc = 0
     bar = tqdm(total=cfg.steps, desc="stage 2: LLaVA training", unit="step")
@@ -314,7 +358,9 @@ def train(cfg: PlaygroundTrainConfig, on_step=None) -> dict:
             dev = {k: None if batch[k] is None else batch[k].to(cfg.device)
                    for k in ("input_ids", "attention_mask", "images", "labels")}
             red = train_red if step < cfg.steps - cfg.full_token_steps else None
-            out = model(dev["input_ids"], dev["attention_mask"], dev["images"], labels=dev["labels"], reduction=red)
+            keep = batch["keep"] if step < cfg.foreground_steps else None
+            out = model(dev["input_ids"], dev["attention_mask"], dev["images"], labels=dev["labels"], reduction=red,
+                        visual_keep=keep)
             loss = out.loss
             if cap is not None:
                 spans = None
@@ -354,8 +400,10 @@ def train(cfg: PlaygroundTrainConfig, on_step=None) -> dict:
                 if auxes:
                     writer.add_scalar("train/aux_loss", sum(auxes[-cfg.log_every:]) / len(auxes[-cfg.log_every:]), step)
             if on_step is not None:
+                n_img = max(1, len(out.prepared.reductions))
                 on_step(step, model, tok, proc, {"loss": losses[-1], "ground": glosses[-1] if glosses else None,
-                                                 "aux": auxes[-1] if auxes else None})
+                                                 "aux": auxes[-1] if auxes else None,
+                                                 "visual_tokens": int(out.prepared.visual.sum()) / n_img})
     bar.close()
     if cap is not None:
         cap.close()
