@@ -134,6 +134,18 @@ def test_mention_answer_targets_pick_the_last_mention_of_short_non_option_answer
     assert [len(t) for t in none] == [0, 0, 0]
 
 
+def test_with_background_adds_a_seeded_fraction_of_the_other_patches():
+    from llava_restore.playground.train import with_background
+
+    fg = torch.tensor([3, 4, 10])
+    a = with_background(fg, 20, 0.25, torch.Generator().manual_seed(0))
+    b = with_background(fg, 20, 0.25, torch.Generator().manual_seed(0))
+    assert torch.equal(a, b) and len(a) == 3 + 4  # round(0.25 * 17) = 4 background patches
+    assert set(fg.tolist()) <= set(a.tolist()) and torch.equal(a, a.sort().values) and len(set(a.tolist())) == len(a)
+    assert torch.equal(with_background(fg, 20, 0.0, torch.Generator()), fg)
+    assert len(with_background(fg, 20, 1.0, torch.Generator())) == 20
+
+
 def test_training_with_attention_supervision_aux_and_foreground_steps(tmp_path):
     from llava_restore.playground.config import Sizes
     from llava_restore.playground.data import build
@@ -147,7 +159,7 @@ def test_training_with_attention_supervision_aux_and_foreground_steps(tmp_path):
                                 model=TinySpec(vision_hidden=32, vision_layers=2, hidden=64, layers=2, intermediate=128,
                                                vocab_size=400), log_every=1, ground_weight=1.0, ground_layers=[-1],
                                 ground_from_mention=True, decoder_init_std=0.09, vision_fg_weight=3.0, aux_weight=0.5,
-                                foreground_steps=2)
+                                foreground_steps=2, foreground_background=0.1)
     vis = []
     summary = train(cfg, on_step=lambda step, model, tok, proc, stats: (seen.append((stats["ground"], stats["aux"])),
                                                                        vis.append(stats["visual_tokens"])))

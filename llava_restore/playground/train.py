@@ -87,6 +87,9 @@ class PlaygroundTrainConfig:
     # text (from the scenes' ground truth, scenes/<part>.jsonl), at their original positions: ~10%
     # of the tokens, so cheaper steps that are not diluted by background (0 = off)
     foreground_steps: int = 0
+    # ... plus this fraction of the background patches, drawn at random per image and step (seeded),
+    # so the model meets background tokens and still works on all 576 afterwards
+    foreground_background: float = 0.0
     # attention supervision (llava_restore/playground/grounding.py): weight 0 = off
     ground_weight: float = 0.0
     ground_layers: List[int] = field(default_factory=lambda: [-2, -1])
@@ -277,6 +280,17 @@ class _SideInfoCollator:
         return out
 
 
+def with_background(fg: torch.Tensor, n_patches: int, frac: float, gen: torch.Generator) -> torch.Tensor:
+    """The sorted union of ``fg`` and a random ``frac`` of the other patch indices in [0, n_patches)."""
+    if frac <= 0:
+        return fg
+    bg = torch.ones(n_patches, dtype=torch.bool)
+    bg[fg] = False
+    bg = bg.nonzero(as_tuple=True)[0]
+    extra = bg[torch.randperm(len(bg), generator=gen)[:round(frac * len(bg))]]
+    return torch.cat([fg, extra]).sort().values
+
+
 def _load_scenes(data: str) -> dict:
     """image path (relative to the data folder) -> scene, from every ``scenes/*.jsonl``."""
     folder = os.path.join(data, "scenes")
@@ -346,6 +360,9 @@ def train(cfg: PlaygroundTrainConfig, on_step=None) -> dict:
     mention_ids, option_ids = _mention_ids(tok).to(cfg.device), _option_ids(tok).to(cfg.device)
     if cfg.foreground_steps > 0 and train_red is not None:
         raise ValueError("foreground_steps and train_reduction are exclusive; set one of them")
+    if not 0.0 <= cfg.foreground_background <= 1.0:
+        raise ValueError(f"foreground_background={cfg.foreground_background} must be in [0, 1]")
+    bg_gen = torch.Generator().manual_seed(cfg.seed + 1)
     step, t0, tokens, losses, glosses, auxes = 0, time.time(), 0, [], [], []
     n_trunc = 0
     bar = tqdm(total=cfg.steps, desc="stage 2: LLaVA training", unit="step")
@@ -358,7 +375,9 @@ def train(cfg: PlaygroundTrainConfig, on_step=None) -> dict:
             dev = {k: None if batch[k] is None else batch[k].to(cfg.device)
                    for k in ("input_ids", "attention_mask", "images", "labels")}
             red = train_red if step < cfg.steps - cfg.full_token_steps else None
-            keep = batch["keep"] if step < cfg.foreground_steps else None
+            keep = None
+            if step < cfg.foreground_steps:
+                keep = [with_background(k, grid * grid, cfg.foreground_background, bg_gen) for k in batch["keep"]]
             out = model(dev["input_ids"], dev["attention_mask"], dev["images"], labels=dev["labels"], reduction=red,
                         visual_keep=keep)
             loss = out.loss

@@ -26,6 +26,7 @@ patch under each object's centre; ``FG_STEPS=N`` switches to all 576 tokens afte
 
 ``DSTEP=N`` (with ``FG=1``): a distractor curriculum -- keep only the asked object's patches
 plus ``step // N`` other objects of its image (texts dropped until every object is in).
+``BGFRAC=f`` (with ``FG=1``): also keep a random fraction f of the background patches.
 ``FEATS=none`` (with ``ORACLE=1``) needs no cached features. ``DEV=cuda`` runs on a GPU.
 
 ``K`` turns per conversation (each answer supervised), batch ``BS``, AdamW ``LR``, decoder init
@@ -100,27 +101,7 @@ if ORACLE or ALIGN or env("PREALIGN", 0):
 FG, FG_STEPS = env("FG", 0), env("FG_STEPS", 10 ** 9)  # FG=2: one token per object; FG_STEPS: then all 576 tokens; 1: keep only the object/text patches (original RoPE positions), as a cheaper, less diluted regime
 if FG:
     from llava_restore.playground.train import patch_labels
-    from llava_restore.reduction.types import ReductionResult
-    KEEP = {}
-
-    class _KeepFG:  # the reduction config the model's forward reads (retained positions, no RESTORE terms)
-        method, position_mode, size_term, distance_term, attn_backend = "oracle", "retain", False, False, "sdpa"
-        distance_c, layer0_uniform_size, distance_in_decode, distance_scope = 2.0, False, False, "all"
-
-        def resolve(self):
-            return self
-
-    def _reduce(images, rcfg):  # this instance only
-        _, proj, _ = model.encode_images(images)
-        out = []
-        for b, idx in enumerate(KEEP["idx"]):
-            idx = idx.to(proj.device)
-            src = torch.full((proj.shape[1],), -1, dtype=torch.long, device=proj.device)
-            src[idx] = torch.arange(len(idx), device=proj.device)
-            out.append(ReductionResult(proj[b:b + 1, idx], src[None], torch.ones(1, len(idx), device=proj.device),
-                                       idx[None].float()))
-        return out
-    model.reduce = _reduce
+    KEEP = {}  # per step: the kept patch indices per image (model(..., visual_keep=...))
 GROUND = env("GROUND", 0.0)  # > 0: the trainer's attention supervision, from the question's object word on
 if GROUND:
     from llava_restore.playground.grounding import AttnInputs, grounding_loss, query_spans, spliced_ids
@@ -130,6 +111,14 @@ if GROUND:
 SUF = "" if env("NOSUF", 0) else "\nAnswer the question using a single word or phrase."
 CLIP, BETA2 = env("CLIP", 1.0), env("BETA2", 0.98)
 DSTEP = env("DSTEP", 0)
+BGFRAC = env("BGFRAC", 0.0)  # with FG=1: also keep this fraction of the background patches (random per sample)
+
+
+def keep_fg_bg(sc, frac, rng):  # the object/text patches + a random fraction of the background ones, sorted
+    fg = (patch_labels(sc, GRID, PATCH) != 0).any(0)
+    bg = (~fg).nonzero(as_tuple=True)[0].tolist()
+    extra = rng.sample(bg, int(round(frac * len(bg))))
+    return torch.tensor(sorted(fg.nonzero(as_tuple=True)[0].tolist() + extra))
 _feat = globals().get("_feat") or (lambda idx: FE[idx])
 
 
@@ -212,10 +201,10 @@ for step in range(STEPS):
                            (patch_labels(SC[paths[i]], GRID, PATCH) != 0).any(0).nonzero(as_tuple=True)[0]
                            for i, x in zip(idx, b)]
         else:
-            KEEP["idx"] = [(patch_labels(SC[paths[i]], GRID, PATCH) != 0).any(0).nonzero(as_tuple=True)[0] for i in idx]
-        red = _KeepFG()
+            KEEP["idx"] = [keep_fg_bg(SC[paths[i]], BGFRAC, rng) for i in idx]
+        red = KEEP["idx"]
     ids, mask, lab = ids.to(DEV), mask.to(DEV), lab.to(DEV)
-    out = model(ids, mask, _feat(idx), labels=lab, reduction=red)
+    out = model(ids, mask, _feat(idx), labels=lab, visual_keep=red)
     lg, tg = out.logits[:, :-1], out.prepared.labels[:, 1:]  # spliced positions (576 visual tokens inside)
     # the positions predicting each answer's first token; with AUX only the last one per row (K=1) is a real answer
     rows = [(b_, q) for b_, qs in enumerate(answer_queries(out.prepared.labels)) for q in (qs[-1:] if AUX else qs)]

@@ -95,11 +95,13 @@ LOSS = []
 
 
 def on_step(step, model, tok, proc, stats):
-    LOSS.append((stats["loss"], stats["ground"] if stats["ground"] is not None else float("nan")))
+    nan = float("nan")
+    LOSS.append((stats["loss"], nan if stats["ground"] is None else stats["ground"], nan if stats["aux"] is None else stats["aux"]))
     if step % 50 == 0:
         tail = LOSS[-50:]
-        print(f"STEP {step} loss {sum(a for a, _ in tail) / len(tail):.3f} ground {sum(b for _, b in tail) / len(tail):.3f} "
-              f"t {time.time() - T0:.0f}s", flush=True)
+        mean = lambda k: sum(x[k] for x in tail) / len(tail)
+        print(f"STEP {step} loss {mean(0):.3f} ground {mean(1):.3f} aux {mean(2):.3f} visual tokens "
+              f"{stats['visual_tokens']:.0f} t {time.time() - T0:.0f}s", flush=True)
     if step % own.eval_every == 0 or step == cfg.steps:
         te = time.time()
         r = evaluate(model, tok, proc)
