@@ -159,7 +159,7 @@ def test_training_with_attention_supervision_aux_and_foreground_steps(tmp_path):
                                 model=TinySpec(vision_hidden=32, vision_layers=2, hidden=64, layers=2, intermediate=128,
                                                vocab_size=400), log_every=1, ground_weight=1.0, ground_layers=[-1],
                                 ground_from_mention=True, decoder_init_std=0.09, vision_fg_weight=3.0, aux_weight=0.5,
-                                foreground_steps=2, foreground_background=0.1)
+                                foreground_steps=2, foreground_background=0.1, warmup_steps=1)
     vis = []
     summary = train(cfg, on_step=lambda step, model, tok, proc, stats: (seen.append((stats["ground"], stats["aux"])),
                                                                        vis.append(stats["visual_tokens"])))

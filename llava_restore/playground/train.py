@@ -90,6 +90,10 @@ class PlaygroundTrainConfig:
     # ... plus this fraction of the background patches, drawn at random per image and step (seeded),
     # so the model meets background tokens and still works on all 576 afterwards
     foreground_background: float = 0.0
+    # the first N stage-2 steps train on single-turn select/existence questions generated from the
+    # training scenes (llava_restore/playground/warmup.py), then the training file (0 = off)
+    warmup_steps: int = 0
+    warmup_per_image: int = 2
     # attention supervision (llava_restore/playground/grounding.py): weight 0 = off
     ground_weight: float = 0.0
     ground_layers: List[int] = field(default_factory=lambda: [-2, -1])
@@ -291,6 +295,12 @@ def with_background(fg: torch.Tensor, n_patches: int, frac: float, gen: torch.Ge
     return torch.cat([fg, extra]).sort().values
 
 
+def _cycle(loader):
+    """Endless batches: one reshuffled epoch after another."""
+    while True:
+        yield from loader
+
+
 def _load_scenes(data: str) -> dict:
     """image path (relative to the data folder) -> scene, from every ``scenes/*.jsonl``."""
     folder = os.path.join(data, "scenes")
@@ -323,6 +333,18 @@ def train(cfg: PlaygroundTrainConfig, on_step=None) -> dict:
     model.to(cfg.device)
     image_folder = os.path.join(cfg.data, cfg.image_folder)
     ds = SupervisedDataset(os.path.join(cfg.data, cfg.train_file), image_folder, tok, proc, max_length=cfg.max_length)
+    warm_ds = None
+    if cfg.warmup_steps > 0:
+        from llava_restore.playground.warmup import warmup_records
+
+        scenes = _load_scenes(cfg.data)
+        train_images = sorted({r["image"] for r in ds.records if "image" in r})
+        missing = [im for im in train_images if im not in scenes]
+        if missing:
+            raise KeyError(f"warmup_steps: no scene for {len(missing)} training images, e.g. {missing[0]!r}; rebuild the data")
+        recs = warmup_records({im: scenes[im] for im in train_images}, seed=cfg.seed, per_image=cfg.warmup_per_image)
+        warm_ds = SupervisedDataset("<warm-up records from the training scenes>", image_folder, tok, proc,
+                                    max_length=cfg.max_length, records=recs)
     gen = torch.Generator().manual_seed(cfg.seed)
     collate = Collator(tok.pad_token_id)
     grid, patch = model.get_vision_tower().grid_hw[0], model.get_vision_tower().config.patch_size
@@ -337,9 +359,14 @@ def train(cfg: PlaygroundTrainConfig, on_step=None) -> dict:
                 boxes = json.load(f)
         scenes = _load_scenes(cfg.data) if cfg.foreground_steps > 0 else None
         ds = _WithSideInfo(ds, boxes, scenes, grid, patch)
+        if warm_ds is not None:
+            warm_ds = _WithSideInfo(warm_ds, {}, scenes, grid, patch)
         collate = _SideInfoCollator(tok.pad_token_id)
     loader = DataLoader(ds, batch_size=cfg.batch_size, shuffle=True, generator=gen, collate_fn=collate,
                         num_workers=cfg.workers, drop_last=True)
+    warm_loader = None if warm_ds is None else DataLoader(
+        warm_ds, batch_size=cfg.batch_size, shuffle=True, generator=torch.Generator().manual_seed(cfg.seed + 2),
+        collate_fn=collate, num_workers=cfg.workers, drop_last=True)
     n_params = sum(p.numel() for p in model.parameters())
     print(f"playground model: {n_params / 1e6:.2f}M parameters; {len(ds)} training records; {cfg.steps} steps")
     writer = SummaryWriter(cfg.tb_dir)
@@ -366,63 +393,62 @@ def train(cfg: PlaygroundTrainConfig, on_step=None) -> dict:
     step, t0, tokens, losses, glosses, auxes = 0, time.time(), 0, [], [], []
     n_trunc = 0
     bar = tqdm(total=cfg.steps, desc="stage 2: LLaVA training", unit="step")
+    main_it, warm_it = _cycle(loader), None if warm_loader is None else _cycle(warm_loader)
     while step < cfg.steps:
-        for batch in loader:
-            if step >= cfg.steps:
-                break
-            for g in opt.param_groups:
-                g["lr"] = lr_at(step, cfg)
-            dev = {k: None if batch[k] is None else batch[k].to(cfg.device)
-                   for k in ("input_ids", "attention_mask", "images", "labels")}
-            red = train_red if step < cfg.steps - cfg.full_token_steps else None
-            keep = None
-            if step < cfg.foreground_steps:
-                keep = [with_background(k, grid * grid, cfg.foreground_background, bg_gen) for k in batch["keep"]]
-            out = model(dev["input_ids"], dev["attention_mask"], dev["images"], labels=dev["labels"], reduction=red,
-                        visual_keep=keep)
-            loss = out.loss
-            if cap is not None:
-                spans = None
-                if cfg.ground_from_mention:
-                    ids_sp = spliced_ids(dev["input_ids"], dev["attention_mask"], out.prepared)
-                    spans = query_spans(ids_sp, out.prepared.labels, mention_ids, True)
-                g = grounding_loss(cap, out.prepared, batch["grounding"], grid, patch, spans=spans)
-                cap.clear()
-                if g is not None:
-                    loss = loss + cfg.ground_weight * g
-                    glosses.append(g.item())
-            if cfg.aux_weight > 0:
+        batch = next(warm_it) if step < cfg.warmup_steps else next(main_it)
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, cfg)
+        dev = {k: None if batch[k] is None else batch[k].to(cfg.device)
+               for k in ("input_ids", "attention_mask", "images", "labels")}
+        red = train_red if step < cfg.steps - cfg.full_token_steps else None
+        keep = None
+        if step < cfg.foreground_steps:
+            keep = [with_background(k, grid * grid, cfg.foreground_background, bg_gen) for k in batch["keep"]]
+        out = model(dev["input_ids"], dev["attention_mask"], dev["images"], labels=dev["labels"], reduction=red,
+                    visual_keep=keep)
+        loss = out.loss
+        if cap is not None:
+            spans = None
+            if cfg.ground_from_mention:
                 ids_sp = spliced_ids(dev["input_ids"], dev["attention_mask"], out.prepared)
-                rows, pos, tgt = mention_answer_targets(ids_sp, out.prepared.labels, mention_ids, option_ids)
-                if len(rows):
-                    aux = torch.nn.functional.cross_entropy(out.logits[rows, pos].float(), tgt)
-                    loss = loss + cfg.aux_weight * aux
-                    auxes.append(aux.item())
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
-            opt.step()
-            n_trunc += batch["n_truncated"]
-            tokens += int(out.prepared.valid.sum())
-            losses.append(out.loss.item())
-            step += 1
-            bar.update(1)
-            bar.set_postfix(loss=f"{losses[-1]:.3f}", **({"ground": f"{glosses[-1]:.2f}"} if glosses else {}),
-                            **({"aux": f"{auxes[-1]:.2f}"} if auxes else {}))
-            if step % cfg.log_every == 0 or step == cfg.steps:
-                el = time.time() - t0
-                writer.add_scalar("train/loss", sum(losses[-cfg.log_every:]) / len(losses[-cfg.log_every:]), step)
-                writer.add_scalar("train/lr", lr_at(step - 1, cfg), step)
-                writer.add_scalar("train/tokens_per_s", tokens / el, step)
-                if glosses:
-                    writer.add_scalar("train/ground_loss", sum(glosses[-cfg.log_every:]) / len(glosses[-cfg.log_every:]), step)
-                if auxes:
-                    writer.add_scalar("train/aux_loss", sum(auxes[-cfg.log_every:]) / len(auxes[-cfg.log_every:]), step)
-            if on_step is not None:
-                n_img = max(1, len(out.prepared.reductions))
-                on_step(step, model, tok, proc, {"loss": losses[-1], "ground": glosses[-1] if glosses else None,
-                                                 "aux": auxes[-1] if auxes else None,
-                                                 "visual_tokens": int(out.prepared.visual.sum()) / n_img})
+                spans = query_spans(ids_sp, out.prepared.labels, mention_ids, True)
+            g = grounding_loss(cap, out.prepared, batch["grounding"], grid, patch, spans=spans)
+            cap.clear()
+            if g is not None:
+                loss = loss + cfg.ground_weight * g
+                glosses.append(g.item())
+        if cfg.aux_weight > 0:
+            ids_sp = spliced_ids(dev["input_ids"], dev["attention_mask"], out.prepared)
+            rows, pos, tgt = mention_answer_targets(ids_sp, out.prepared.labels, mention_ids, option_ids)
+            if len(rows):
+                aux = torch.nn.functional.cross_entropy(out.logits[rows, pos].float(), tgt)
+                loss = loss + cfg.aux_weight * aux
+                auxes.append(aux.item())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
+        opt.step()
+        n_trunc += batch["n_truncated"]
+        tokens += int(out.prepared.valid.sum())
+        losses.append(out.loss.item())
+        step += 1
+        bar.update(1)
+        bar.set_postfix(loss=f"{losses[-1]:.3f}", **({"ground": f"{glosses[-1]:.2f}"} if glosses else {}),
+                        **({"aux": f"{auxes[-1]:.2f}"} if auxes else {}))
+        if step % cfg.log_every == 0 or step == cfg.steps:
+            el = time.time() - t0
+            writer.add_scalar("train/loss", sum(losses[-cfg.log_every:]) / len(losses[-cfg.log_every:]), step)
+            writer.add_scalar("train/lr", lr_at(step - 1, cfg), step)
+            writer.add_scalar("train/tokens_per_s", tokens / el, step)
+            if glosses:
+                writer.add_scalar("train/ground_loss", sum(glosses[-cfg.log_every:]) / len(glosses[-cfg.log_every:]), step)
+            if auxes:
+                writer.add_scalar("train/aux_loss", sum(auxes[-cfg.log_every:]) / len(auxes[-cfg.log_every:]), step)
+        if on_step is not None:
+            n_img = max(1, len(out.prepared.reductions))
+            on_step(step, model, tok, proc, {"loss": losses[-1], "ground": glosses[-1] if glosses else None,
+                                             "aux": auxes[-1] if auxes else None,
+                                             "visual_tokens": int(out.prepared.visual.sum()) / n_img})
     bar.close()
     if cap is not None:
         cap.close()

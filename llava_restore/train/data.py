@@ -81,9 +81,12 @@ class Example:
 
 class SupervisedDataset(Dataset):
     def __init__(self, data_path: str, image_folder: str, tokenizer, image_processor, conv_mode: str = "vicuna_v1",
-                 max_length: int = 2048, image_aspect_ratio: str = "pad", check_images: bool = True):
+                 max_length: int = 2048, image_aspect_ratio: str = "pad", check_images: bool = True,
+                 records: list[dict] | None = None):
+        """``records``: use these (already loaded or generated) instead of reading ``data_path``,
+        which then only names them in errors."""
         self.path = data_path
-        self.records = load_conversations(data_path)
+        self.records = load_conversations(data_path) if records is None else records
         self.image_folder = image_folder
         self.tokenizer, self.processor = tokenizer, image_processor
         self.conv_mode, self.max_length, self.aspect = conv_mode, max_length, image_aspect_ratio
