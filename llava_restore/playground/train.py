@@ -47,7 +47,7 @@ class PlaygroundTrainConfig:
     train_file: str = "train/llava_playground_train.json"  # relative to data
     image_folder: str = ""  # relative to data ("" = data itself)
     seed: int = 0
-    steps: int = 1200
+    steps: int = 950
     batch_size: int = 16
     lr: float = 2e-3
     warmup: int = 60
@@ -61,15 +61,15 @@ class PlaygroundTrainConfig:
     threads: int = 0  # 0 = torch default
     device: str = "cpu"  # the issue's budget is CPU; "cuda" for exploratory sweeps
     workers: int = 0  # DataLoader workers for stage 2
-    decoder_init_std: float = 0.02  # std of the projector/decoder weight matrices (LLaMA: 0.02)
+    decoder_init_std: float = 0.09  # std of the projector/decoder weight matrices (LLaMA: 0.02; ~1/sqrt(hidden) learns lookups faster)
     tb_dir: str = "runs/playground-train"
     log_every: int = 10
     # stage 1: dense patch supervision of the ViT (our stand-in for CLIP pre-training)
-    vision_pretrain_steps: int = 300
+    vision_pretrain_steps: int = 600
     vision_pretrain_batch: int = 32
     vision_lr: float = 2e-3
     vision_warmup: int = 30
-    vision_fg_weight: float = 1.0  # loss weight of object/text patches relative to background ones
+    vision_fg_weight: float = 3.0  # loss weight of object/text patches relative to background ones
     # 0: stage 1 reads the training images; N > 0: it renders fresh scenes of up to N objects on the
     # fly (seeded; more object patches per step and no repeats)
     vision_scene_objects: int = 0
@@ -86,10 +86,10 @@ class PlaygroundTrainConfig:
     # the first N stage-2 steps keep only the visual tokens of patches covered by an object or a
     # text (from the scenes' ground truth, scenes/<part>.jsonl), at their original positions: ~10%
     # of the tokens, so cheaper steps that are not diluted by background (0 = off)
-    foreground_steps: int = 0
+    foreground_steps: int = 850
     # ... plus this fraction of the background patches, drawn at random per image and step (seeded),
     # so the model meets background tokens and still works on all 576 afterwards
-    foreground_background: float = 0.0
+    foreground_background: float = 0.15
     # the first N stage-2 steps train on single-turn select/existence questions generated from the
     # training scenes (llava_restore/playground/warmup.py), then the training file (0 = off)
     warmup_steps: int = 0
@@ -101,7 +101,7 @@ class PlaygroundTrainConfig:
     ground_from_mention: bool = False  # also supervise the question positions from its last object word on
     # hop-1 aid (grounding.mention_answer_targets): the question's last object word also predicts the
     # answer's first token, with this loss weight (0 = off); see playground/README.md
-    aux_weight: float = 0.0
+    aux_weight: float = 1.0
 
 
 def lr_at(step: int, cfg: PlaygroundTrainConfig) -> float:
