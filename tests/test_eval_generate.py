@@ -373,3 +373,25 @@ def test_json_list_question_files_name_the_problem(tmp_path, adapter, what):
     bad.write_text('[7]')
     with pytest.raises(QuestionFileError, match=r"q\.json item #0: expected a JSON object, got int"):
         adapter.load(str(bad), str(tmp_path))
+
+
+def test_retraining_a_checkpoint_in_place_gives_a_new_run_folder(ckpt, tmp_path):
+    """The run folder hashes a content fingerprint of the checkpoint, so answers of old weights are
+    never resumed into a run of new ones; a byte-identical copy has the same fingerprint."""
+    import shutil
+
+    from llava_restore.eval.run import checkpoint_fingerprint
+
+    model = tmp_path / "m"
+    shutil.copytree(ckpt, model)
+    fp = checkpoint_fingerprint(str(model))
+    assert fp is not None and fp == checkpoint_fingerprint(ckpt) and checkpoint_fingerprint("org/hub-model") is None
+    argv = ["--benchmark", "pope", "--model-path", str(model), "--data-root", str(tmp_path), "--output-root",
+            str(tmp_path / "out")]
+    before = _run_dir(argv)
+    weights = model / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF  # "retrained": the last weight bytes change, names and sizes do not
+    weights.write_bytes(bytes(data))
+    assert checkpoint_fingerprint(str(model)) != fp
+    assert _run_dir(argv) != before and _run_dir(argv).parent == before.parent

@@ -71,9 +71,37 @@ def reduction_slug(cfg) -> str:
     return "-".join(parts)
 
 
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".json", ".model")
+_EDGE = 1 << 16  # bytes read from each end of a weight file
+
+
+def checkpoint_fingerprint(path: Optional[str]) -> Optional[str]:
+    """A cheap content fingerprint of a local checkpoint folder (None for a hub id or None): every
+    weight/config file below it (two levels, e.g. ``vision_tower/``), by relative name, size and its
+    first and last 64 KiB. Retraining a checkpoint in place therefore gives a new run folder instead
+    of resuming the old weights' answers, while copying or re-cloning it keeps the same one."""
+    if path is None or not os.path.isdir(os.path.expanduser(path)):
+        return None
+    root = Path(os.path.expanduser(path))
+    h = hashlib.sha256()
+    files = sorted(p for p in list(root.glob("*")) + list(root.glob("*/*"))
+                   if p.is_file() and p.suffix in WEIGHT_SUFFIXES and not p.name.endswith("train_summary.json"))
+    for f in files:
+        size = f.stat().st_size
+        h.update(f"{f.relative_to(root).as_posix()}\0{size}\0".encode())
+        with open(f, "rb") as fh:
+            h.update(fh.read(_EDGE))
+            if size > 2 * _EDGE:
+                fh.seek(size - _EDGE)
+                h.update(fh.read(_EDGE))
+    return h.hexdigest()[:16]
+
+
 def run_identity(bench, args, settings, question_file, image_folder) -> dict:
     norm = (lambda p: os.path.normpath(os.path.expanduser(str(p))) if p is not None else None)
     return {"benchmark": bench.name, "model_path": norm(args.model_path), "model_base": norm(args.model_base),
+            "model_fingerprint": checkpoint_fingerprint(args.model_path),
+            "base_fingerprint": checkpoint_fingerprint(args.model_base),
             "vision_tower": norm(args.vision_tower), "question_file": norm(question_file),
             "image_folder": norm(image_folder),
             "reduction": dataclasses.asdict(settings.reduction) if settings.reduction is not None else None,
