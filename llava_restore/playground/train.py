@@ -389,6 +389,9 @@ def train(cfg: PlaygroundTrainConfig, on_step=None) -> dict:
         raise ValueError("foreground_steps and train_reduction are exclusive; set one of them")
     if not 0.0 <= cfg.foreground_background <= 1.0:
         raise ValueError(f"foreground_background={cfg.foreground_background} must be in [0, 1]")
+    if 0 < cfg.steps <= cfg.foreground_steps:
+        print(f"warning: foreground_steps={cfg.foreground_steps} >= steps={cfg.steps}: every stage-2 step sees only "
+              "foreground (+ sampled background) tokens, never all of them; lower foreground_steps to end on full tokens")
     bg_gen = torch.Generator().manual_seed(cfg.seed + 1)
     step, t0, tokens, losses, glosses, auxes = 0, time.time(), 0, [], [], []
     n_trunc = 0
