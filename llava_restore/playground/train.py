@@ -410,10 +410,12 @@ def train(cfg: PlaygroundTrainConfig, on_step=None) -> dict:
         out = model(dev["input_ids"], dev["attention_mask"], dev["images"], labels=dev["labels"], reduction=red,
                     visual_keep=keep)
         loss = out.loss
+        ids_sp = None  # the text id at each spliced position, when a mention-based target needs it
+        if cfg.aux_weight > 0 or (cap is not None and cfg.ground_from_mention):
+            ids_sp = spliced_ids(dev["input_ids"], dev["attention_mask"], out.prepared)
         if cap is not None:
             spans = None
             if cfg.ground_from_mention:
-                ids_sp = spliced_ids(dev["input_ids"], dev["attention_mask"], out.prepared)
                 spans = query_spans(ids_sp, out.prepared.labels, mention_ids, True)
             g = grounding_loss(cap, out.prepared, batch["grounding"], grid, patch, spans=spans)
             cap.clear()
@@ -421,7 +423,6 @@ def train(cfg: PlaygroundTrainConfig, on_step=None) -> dict:
                 loss = loss + cfg.ground_weight * g
                 glosses.append(g.item())
         if cfg.aux_weight > 0:
-            ids_sp = spliced_ids(dev["input_ids"], dev["attention_mask"], out.prepared)
             rows, pos, tgt = mention_answer_targets(ids_sp, out.prepared.labels, mention_ids, option_ids)
             if len(rows):
                 aux = torch.nn.functional.cross_entropy(out.logits[rows, pos].float(), tgt)
