@@ -75,3 +75,45 @@ def test_tokenizer_keeps_words_apart_from_punctuation_and_newlines():
     assert end[-3:] == ["?", "\n", "Answer"], end
     text = "USER: What color is the cross?\nAnswer the question. ASSISTANT: Red"
     assert tok.decode(tok.encode(text, add_special_tokens=False)) == text
+
+
+def test_pair_bag_by_hand():
+    from llava_restore.playground import vocab
+    from llava_restore.playground.train import pair_bag
+
+    scene = {"objects": [{"shape": "circle", "color": "red"}, {"shape": "square", "color": "blue"}],
+             "texts": [{"text": "AB", "color": "green"}]}
+    bag = pair_bag(scene)
+    S = len(vocab.SHAPES)
+    assert bag.shape == (len(vocab.COLORS) * S,) and bag.sum() == 2  # texts are not objects
+    C = list(vocab.COLORS)
+    assert bag[C.index("red") * S + vocab.SHAPES.index("circle")] == 1
+    assert bag[C.index("blue") * S + vocab.SHAPES.index("square")] == 1
+    assert bag[C.index("red") * S + vocab.SHAPES.index("square")] == 0  # colours and shapes stay bound
+
+
+def test_vision_init_autocast_and_bag_objective(tiny_run, tmp_path):
+    """A run that loads the first run's ViT (stage 1 skipped) keeps it bit for bit; the bfloat16
+    autocast and the image-level bag objective run; stage 1 alone (steps=0) saves a checkpoint."""
+    from dataclasses import replace
+
+    from safetensors.torch import load_file
+
+    cfg, _ = tiny_run
+    warm = replace(cfg, out=str(tmp_path / "a"), tb_dir=str(tmp_path / "tba"), steps=3, autocast="bfloat16",
+                   vision_init=f"{cfg.out}/vision_tower")
+    s = train(warm)
+    assert s["stage1_final_loss"] is None and s["final_loss"] == s["final_loss"]  # no stage 1; loss not NaN
+    a, b = load_file(f"{cfg.out}/vision_tower/model.safetensors"), load_file(f"{warm.out}/vision_tower/model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+    bag = replace(cfg, out=str(tmp_path / "b"), tb_dir=str(tmp_path / "tbb"), steps=0, vision_bag_weight=1.0)
+    s = train(bag)
+    assert s["final_loss"] is None and s["stage1_final_loss"] > 0
+    c = load_file(f"{bag.out}/vision_tower/model.safetensors")
+    assert any(not torch.equal(a[k], c[k]) for k in a)  # the bag loss changed stage 1
+
+    with pytest.raises(ValueError, match="autocast='float16'"):
+        train(replace(warm, autocast="float16"))
+    with pytest.raises(FileNotFoundError, match="vision_init='/nowhere'"):
+        train(replace(warm, vision_init="/nowhere"))
