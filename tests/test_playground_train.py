@@ -117,3 +117,12 @@ def test_vision_init_autocast_and_bag_objective(tiny_run, tmp_path):
         train(replace(warm, autocast="float16"))
     with pytest.raises(FileNotFoundError, match="vision_init='/nowhere'"):
         train(replace(warm, vision_init="/nowhere"))
+
+
+def test_cli_overrides_may_follow_options():
+    from llava_restore.playground.train import parse
+
+    cfg = parse(["autocast=bfloat16", "--out", "x", "tb_dir=y", "--steps", "7", "model.hidden=64"])
+    assert (cfg.autocast, cfg.out, cfg.tb_dir, cfg.steps, cfg.model.hidden) == ("bfloat16", "x", "y", 7, 64)
+    with pytest.raises(Exception, match="autocastt"):
+        parse(["autocastt=bfloat16"])

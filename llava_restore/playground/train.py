@@ -542,7 +542,7 @@ def parse(argv=None) -> PlaygroundTrainConfig:
     ap.add_argument("--out")
     ap.add_argument("--steps", type=int)
     ap.add_argument("--seed", type=int)
-    args = ap.parse_args(argv)
+    args = ap.parse_intermixed_args(argv)  # key=value overrides may come before, between or after the options
     conf = OmegaConf.structured(PlaygroundTrainConfig)
     conf = OmegaConf.merge(conf, OmegaConf.from_dotlist(args.overrides))
     for k in ("data", "out", "steps", "seed"):

@@ -21,12 +21,17 @@ the next position, a question token otherwise unsupervised).
 ``NOSUF=1`` drops LLaVA's short-answer line; ``CLIP`` (1.0; 0 = off) and ``BETA2`` (0.98) set the optimiser.
 ``FG=1`` keeps only the object/text patches (at their original RoPE positions); ``FG=2`` only the
 patch under each object's centre; ``FG_STEPS=N`` switches to all 576 tokens after N steps.
+- ``Q=exist``: "Is there a <colour> <shape> in the image?", half "yes" (an object of the image), half "no"
+  (preferring a colour and a shape that both occur, but not together: POPE's adversarial case);
+  ``AUX`` puts the aid on the shape word.
 - ``Q=bare``: the same, as ``<image>\n<shape or colour word>`` -> answer, without the chat template
   (the word that names the object is the query position itself).
 
 ``DSTEP=N`` (with ``FG=1``): a distractor curriculum -- keep only the asked object's patches
 plus ``step // N`` other objects of its image (texts dropped until every object is in).
 ``BGFRAC=f`` (with ``FG=1``): also keep a random fraction f of the background patches.
+``BAGORACLE=1`` (with ``ORACLE=1``) adds to every visual token the image's bag of colour-shape pairs (a sum of
+fixed random pair vectors): what an image-level (caption-like) objective would put into each patch.
 ``FEATS=none`` (with ``ORACLE=1``) needs no cached features. ``DEV=cuda`` runs on a GPU.
 
 ``K`` turns per conversation (each answer supervised), batch ``BS``, AdamW ``LR``, decoder init
@@ -91,8 +96,17 @@ if ORACLE or ALIGN or env("PREALIGN", 0):
         E = model.model.embed_tokens.weight
         return sum(E[W[lb[:, k]]] * (lb[:, k] > 0).unsqueeze(-1).float() for k, W in enumerate((_CW, _SW, _ZW)))
 
+    BAGORACLE = env("BAGORACLE", 0)  # 1: every oracle token also carries the image's colour-shape bag
+    if BAGORACLE:  # (sum of fixed random pair vectors at the word embeddings' scale)
+        from llava_restore.playground.train import pair_bag as _pair_bag
+        _PAIRV = torch.randn(len(V.COLORS) * len(V.SHAPES), model.model.embed_tokens.weight.shape[1],
+                             generator=torch.Generator().manual_seed(5)).to(DEV) * model.model.embed_tokens.weight.std().item()
+
     def _oracle(images, want_cls_attn=False):
-        return images.float(), _oracle_tokens(ORC["lab"]), None
+        tokens = _oracle_tokens(ORC["lab"])
+        if BAGORACLE:
+            tokens = tokens + (ORC["bag"] @ _PAIRV)[:, None, :]
+        return images.float(), tokens, None
     if ORACLE:
         if C is None:  # FE is a placeholder: stand in zeros of the grid's length
             FE = torch.zeros(len(scenes), 1, 1, dtype=torch.float16)
@@ -131,9 +145,26 @@ def kept_patches(sc, box, n_other, rng):  # the asked object's patches + n_other
     return (patch_labels({"objects": asked + others, "texts": texts}, GRID, PATCH) != 0).any(0).nonzero(as_tuple=True)[0]
 
 
+from llava_restore.playground import vocab as _VOCAB
+
+
+def exist_questions(sc, rng):  # "Is there a <colour> <shape> in the image?", half yes, half no
+    objs = sc["objects"]
+    o = rng.choice(objs)
+    if rng.random() < 0.5:
+        return [(f"Is there a {o['color']} {o['shape']} in the image?", "yes", [[o["x"], o["y"], o["w"], o["w"]]])]
+    pairs = {(p["color"], p["shape"]) for p in objs}
+    colours, shapes = sorted({p["color"] for p in objs}), sorted({p["shape"] for p in objs})
+    hard = [(c, s) for c in colours for s in shapes if (c, s) not in pairs]  # both words occur, not together
+    c, s = rng.choice(hard) if hard else (o["color"], rng.choice([x for x in _VOCAB.SHAPES if x != o["shape"]]))
+    return [(f"Is there a {c} {s} in the image?", "no", [])]
+
+
 def questions(sc, rng):  # [(question, answer, [box])]
     if Q == "bg":
         return [("What color is the background?", sc["background"], [])]
+    if Q == "exist":
+        return exist_questions(sc, rng)
     # Q == "select" or "bare" (same questions; "bare" keeps only the object word, see sample)
     objs, out = sc["objects"], []
     for o in objs:
@@ -161,7 +192,7 @@ def sample(i, rng):
         lab = lab.clone()
         starts = [p + 1 for p in answer_queries(lab[None])[0]]
         for (q, a, _), st in zip(qa, starts):
-            word = q.split()[-1 if "color" in q else -2].rstrip("?")
+            word = q.split()[3] if q.startswith("Is there") else q.split()[-1 if "color" in q else -2].rstrip("?")
             # the last prompt token containing the word (the playground BPE fuses e.g. "cross?\nAnswer")
             m = max(t for t in range(st) if ids[t] >= 0 and word in tok.convert_ids_to_tokens(int(ids[t])))
             lab[m + 1] = lab[st]
@@ -192,6 +223,8 @@ for step in range(STEPS):
     red = None
     if ORACLE or ALIGN:
         ORC["lab"] = torch.stack([_pl(SC[paths[i]], GRID, PATCH) for i in idx]).to(DEV)
+        if ORACLE and BAGORACLE:
+            ORC["bag"] = torch.stack([_pair_bag(SC[paths[i]]) for i in idx]).to(DEV)
     if FG and step < FG_STEPS:
         if FG == 2:  # one token per object: the patch under its centre
             KEEP["idx"] = [torch.tensor(sorted({min((o["y"] + o["w"] // 2) // PATCH, GRID - 1) * GRID + min((o["x"] + o["w"] // 2) // PATCH, GRID - 1)
