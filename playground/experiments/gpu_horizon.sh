@@ -7,11 +7,7 @@ set -u
 OUT=${OUT:-runs/gpu_horizon}; mkdir -p "$OUT"
 SWEEP_SECONDS=${SWEEP_SECONDS:-480}
 export TQDM_DISABLE=1 PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1
-nvidia-smi -L
-python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__, torch.cuda.get_device_name(0))"
-t0=$(date +%s)
-python3 -m llava_restore.playground build > "$OUT/build.log" 2>&1 || { tail -20 "$OUT/build.log"; exit 1; }
-echo "build $(( $(date +%s) - t0 )) s"
+. playground/experiments/gpu_prelude.sh
 common="device=cuda threads=1 workers=1 steps=3000 foreground_steps=2700 log_every=50 vision_init=playground/cache/llava-playground/vision_tower"
 run() { name=$1; shift
   timeout "$SWEEP_SECONDS" python3 playground/experiments/sweep.py name=$name eval_every=250 -- $common "$@" > "$OUT/$name.log" 2>&1 & }

@@ -6,7 +6,7 @@ set -u
 OUT=${OUT:-runs/gpu_recall}; mkdir -p "$OUT"
 S=${SECONDS_EACH:-200}
 export TQDM_DISABLE=1 PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1 SHORT=1 INIT=0.09 STEPS=100000 DEV=cuda T=1
-python3 -m llava_restore.playground build > "$OUT/build.log" 2>&1 || { tail -20 "$OUT/build.log"; exit 1; }
+. playground/experiments/gpu_prelude.sh
 run() { name=$1; shift; env "$@" timeout "$S" python3 playground/experiments/recall_toy.py > "$OUT/$name.log" 2>&1 & }
 run a K=1
 run b K=8

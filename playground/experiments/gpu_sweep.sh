@@ -6,11 +6,7 @@ set -u
 OUT=${OUT:-runs/gpu_sweep}; mkdir -p "$OUT"
 SWEEP_SECONDS=${SWEEP_SECONDS:-360}
 export TQDM_DISABLE=1 PYTHONUNBUFFERED=1 OMP_NUM_THREADS=2
-nvidia-smi -L
-python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__, torch.cuda.get_device_name(0))"
-t0=$(date +%s)
-python3 -m llava_restore.playground build > "$OUT/build.log" 2>&1 || { tail -20 "$OUT/build.log"; exit 1; }
-echo "build $(( $(date +%s) - t0 )) s"
+. playground/experiments/gpu_prelude.sh
 {
   python3 scripts/bench/eval_throughput.py --device cuda --n 128 --batch-sizes 1 8
   python3 scripts/bench/eval_throughput.py --device cuda --n 128 --batch-sizes 1 8 --reduction divprune --n-vis 64 --restore
