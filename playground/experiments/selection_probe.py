@@ -192,7 +192,7 @@ def sample(i, rng):
         lab = lab.clone()
         starts = [p + 1 for p in answer_queries(lab[None])[0]]
         for (q, a, _), st in zip(qa, starts):
-            word = q.split()[3] if q.startswith("Is there") else q.split()[-1 if "color" in q else -2].rstrip("?")
+            word = q.split()[4] if q.startswith("Is there") else q.split()[-1 if "color" in q else -2].rstrip("?")
             # the last prompt token containing the word (the playground BPE fuses e.g. "cross?\nAnswer")
             m = max(t for t in range(st) if ids[t] >= 0 and word in tok.convert_ids_to_tokens(int(ids[t])))
             lab[m + 1] = lab[st]
