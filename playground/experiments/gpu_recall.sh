@@ -16,4 +16,4 @@ run e K=8 LAYERS=2
 run f K=8 HIDDEN=256 INIT=0.0625
 run g K=1 COLOR=1
 wait
-for f in "$OUT"/[a-g].log; do echo "== $f"; grep -v WARN "$f" | awk 'NR % 10 == 0' | tail -40 | tr '\n' ';' ; echo; done
+for f in "$OUT"/[a-g].log; do echo "== $f"; grep -v WARN "$f" | tail -n 20 | tr '\n' ';' ; echo; done
