@@ -59,8 +59,9 @@ class PlaygroundTrainConfig:
         vision_heads=4, hidden=128, layers=4, heads=4, kv_heads=4, intermediate=384, vocab_size=640))
     max_length: int = 1024
     threads: int = 0  # 0 = torch default
-    # stage-2 autocast: "float32" (off) or "bfloat16" (CPU/GPU autocast; ~1.4x faster steps on a CPU
-    # with AVX512-BF16; the weights and the optimiser stay float32)
+    # stage-2 autocast: "float32" (off) or "bfloat16" (weights and optimiser stay float32). On an
+    # AVX512-BF16 CPU a step's compute is 1.36x faster at 576 tokens and 1.14x at ~140, but the
+    # default recipe only trains 1166 s vs 1197 s (scripts/bench/playground_train_step.py, model card)
     autocast: str = "float32"
     device: str = "cpu"  # the issue's budget is CPU; "cuda" for exploratory sweeps
     workers: int = 0  # DataLoader workers for stage 2
@@ -373,7 +374,8 @@ def _load_scenes(data: str) -> dict:
 
 
 def train(cfg: PlaygroundTrainConfig, on_step=None) -> dict:
-    """``on_step(step, model, tokenizer, image_processor, {"loss", "ground"})``, if given, is called after every optimiser step (evaluation hooks)."""
+    """``on_step(step, model, tokenizer, image_processor, {"loss", "ground", "aux", "visual_tokens"})``, if
+    given, is called after every optimiser step (evaluation hooks)."""
     if cfg.autocast not in ("float32", "bfloat16"):
         raise ValueError(f"autocast={cfg.autocast!r} is not one of ['float32', 'bfloat16']")
     if cfg.threads:
