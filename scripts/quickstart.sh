@@ -4,7 +4,9 @@
 #   2. build the playground data and get the playground mini-LLaVA (committed; trained if absent);
 #   3. evaluate full tokens and DivPrune / VisPruner / HoloV at 64/128/192 tokens, with and
 #      without RESTORE, on the playground GQA- and POPE-style sets (ablations/main.yaml);
-#   4. print the table (accuracy, relative to full, prefill ms) and log to TensorBoard.
+#   4. print the table (accuracy, relative to full, prefill ms) and log to TensorBoard;
+#   5. the playground's health check: random pruning with retained positions at 16/64/192 tokens
+#      (ablations/health.yaml), the text-only prior and the blank-image accuracy.
 # Rerunning skips the finished runs. OUT=runs/quickstart by default.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,8 +25,16 @@ fi
 # two runs at a time, one thread each: faster than one two-thread run on 2 cores
 OMP_NUM_THREADS=1 python -m llava_restore.ablate ablations/main.yaml --benchmarks gqa,pope \
   --model-path "$MODEL" --out "$OUT" --parallel "${PARALLEL:-2}"
+OMP_NUM_THREADS=1 python -m llava_restore.ablate ablations/health.yaml --benchmarks gqa \
+  --model-path "$MODEL" --out "$OUT" --parallel "${PARALLEL:-2}"
+python -m llava_restore.playground controls --model-path "$MODEL" --out "$OUT/controls"
 echo
 cat "$OUT/grids/main/summary.md"
+echo
+echo "Health check (random pruning, positions retained; accuracy must rise with the tokens kept):"
+cat "$OUT/grids/health/summary.md"
+echo
+python -c "import json,sys; from llava_restore.playground.controls import summary; print(summary(json.load(open(sys.argv[1]))))" "$OUT/controls/controls.json"
 echo
 echo "TensorBoard: tensorboard --logdir $OUT/grids/main/tb    (plot: $OUT/grids/main/accuracy_vs_tokens.png)"
 echo "quickstart wall time: $(( $(date +%s) - start )) s"

@@ -2,6 +2,7 @@
 
 build: generate the playground data (skipped when ``manifest.json`` says it is up to date).
 train: hand over to ``llava_restore.playground.train.main(argv)`` (imported only then).
+controls: the text-only prior and the blank-image accuracy (``llava_restore.playground.controls``).
 """
 from __future__ import annotations
 
@@ -61,7 +62,12 @@ def train_main(argv: List[str]) -> int:
     return 0 if rc is None else int(rc)
 
 
-COMMANDS = {"build": build_main, "train": train_main}
+def controls_main(argv: List[str]) -> int:
+    importlib.import_module("llava_restore.playground.controls").main(argv)
+    return 0
+
+
+COMMANDS = {"build": build_main, "train": train_main, "controls": controls_main}
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -12,11 +12,11 @@ class Sizes:
     """How much to generate. Defaults: training sized for ~15 min of CPU training, eval sets
     small enough to score on CPU."""
 
-    train_images: int = 4000
+    train_images: int = 10000
     train_qa_per_image: int = 8  # short-answer turns per image (plus MC / caption records)
-    gqa_images: int = 100
-    gqa_per_image: int = 3  # -> 300 GQA-style questions
-    pope_images: int = 17  # x 6 questions x 3 categories -> 3 x 102
+    gqa_images: int = 250
+    gqa_per_image: int = 4  # -> 1,000 GQA-style questions (one standard error <= 1.6 points)
+    pope_images: int = 56  # x 6 questions x 3 categories -> 3 x 336 = 1,008
     mme_images: int = 10  # per subtask, 2 questions each (6 subtasks -> 120 questions)
     mmbench_questions: int = 100  # plus circular copies
     ocrbench_questions: int = 100

@@ -89,8 +89,8 @@ def size_choose(scene: Scene, rng: random.Random) -> Optional[QA]:
     o = scene.objects[i]
     a, b = ("small", "large") if _coin(rng) else ("large", "small")
     prog = (("select", f"{o.shape} (o{i})", ()), ("choose size", f"{a}|{b}", (0,)))
-    return QA("size_choose", f"Is the {o.name} {a} or {b}?", o.size, "other", tuple(vocab.SIZES),
-              "attr", "choose", prog, f"The {o.name} is {o.size}.", (i,))
+    return QA("size_choose", f"Is the {o.shape} {a} or {b}?", o.size, "other", tuple(vocab.SIZES),
+              "attr", "choose", prog, f"The {o.shape} is {o.size}.", (i,))
 
 
 def background_query(scene: Scene, rng: random.Random) -> Optional[QA]:
@@ -130,9 +130,9 @@ def rel_query(scene: Scene, rng: random.Random) -> Optional[QA]:
     prog = (("select", f"{objs[b].shape} (o{b})", ()), ("filter color", objs[b].color, (0,)),
             ("relate", f"_,{phrase},s (o{a})", (1,)), ("query", attr, (2,)))
     choices = tuple(vocab.COLORS) if attr == "color" else vocab.SHAPES
-    return QA(f"rel_query_{attr}", f"What {attr} is the object {phrase} the {objs[b].name}?", ans,
+    return QA(f"rel_query_{attr}", f"What {attr} is the object {phrase} the {objs[b].shape}?", ans,
               "other", choices, "rel", "query", prog,
-              f"The object {phrase} the {objs[b].name} is {ans if attr == 'color' else _a(ans)}.", (a, b))
+              f"The object {phrase} the {objs[b].shape} is {ans if attr == 'color' else _a(ans)}.", (a, b))
 
 
 def rel_verify(scene: Scene, rng: random.Random) -> Optional[QA]:
@@ -146,10 +146,10 @@ def rel_verify(scene: Scene, rng: random.Random) -> Optional[QA]:
     ans = "yes" if relation_holds(oa, ob, rel) else "no"
     phrase = vocab.RELATIONS[rel]
     prog = (("select", f"{ob.shape} (o{b})", ()), ("relate", f"_,{phrase},s (o{a})", (0,)),
-            ("verify", f"{oa.name}", (1,)))
+            ("verify", f"{oa.shape}", (1,)))
     true_phrase = vocab.RELATIONS[rel if ans == "yes" else vocab.OPPOSITE[rel]]
-    return QA("rel_verify", f"Is the {oa.name} {phrase} the {ob.name}?", ans, "yes/no", YES_NO,
-              "rel", "verify", prog, f"{ans.capitalize()}, the {oa.name} is {true_phrase} the {ob.name}.",
+    return QA("rel_verify", f"Is the {oa.shape} {phrase} the {ob.shape}?", ans, "yes/no", YES_NO,
+              "rel", "verify", prog, f"{ans.capitalize()}, the {oa.shape} is {true_phrase} the {ob.shape}.",
               (a, b))
 
 
@@ -169,12 +169,12 @@ def rel_choose(scene: Scene, rng: random.Random) -> Optional[QA]:
         choices = ("above", "below")
     if _coin(rng):
         opts.reverse()
-    q = f"Is the {oa.name} {opts[0]} or {opts[1]} of the {ob.name}?"
+    q = f"Is the {oa.shape} {opts[0]} or {opts[1]} of the {ob.shape}?"
     if axis == "y":
-        q = f"Is the {oa.name} {opts[0]} or {opts[1]} the {ob.name}?"
-    prog = (("select", f"{ob.shape} (o{b})", ()), ("choose rel", f"{oa.name},{'|'.join(choices)},s", (0,)))
+        q = f"Is the {oa.shape} {opts[0]} or {opts[1]} the {ob.shape}?"
+    prog = (("select", f"{ob.shape} (o{b})", ()), ("choose rel", f"{oa.shape},{'|'.join(choices)},s", (0,)))
     return QA("rel_choose", q, ans, "other", choices, "rel", "choose", prog,
-              f"The {oa.name} is {vocab.RELATIONS[ans]} the {ob.name}.", (a, b))
+              f"The {oa.shape} is {vocab.RELATIONS[ans]} the {ob.shape}.", (a, b))
 
 
 def position_choose(scene: Scene, rng: random.Random) -> Optional[QA]:
@@ -187,16 +187,16 @@ def position_choose(scene: Scene, rng: random.Random) -> Optional[QA]:
     ans = side_of_image(o, scene, axis)
     if axis == "x":
         a, b = ("left", "right") if _coin(rng) else ("right", "left")
-        q = f"Is the {o.name} on the {a} or on the {b} of the image?"
+        q = f"Is the {o.shape} on the {a} or on the {b} of the image?"
         choices = ("left", "right")
     else:
         a, b = ("top", "bottom") if _coin(rng) else ("bottom", "top")
-        q = f"Is the {o.name} at the {a} or at the {b} of the image?"
+        q = f"Is the {o.shape} at the {a} or at the {b} of the image?"
         choices = ("top", "bottom")
     prog = (("select", f"{o.shape} (o{i})", ()), ("choose hposition" if axis == "x" else "choose vposition",
                                                    f"{a}|{b}", (0,)))
     return QA("position_choose", q, ans, "other", choices, "rel", "choose", prog,
-              f"The {o.name} is on the {ans} of the image.", (i,))
+              f"The {o.shape} is on the {ans} of the image.", (i,))
 
 
 def location_query(scene: Scene, rng: random.Random) -> Optional[QA]:
@@ -207,9 +207,9 @@ def location_query(scene: Scene, rng: random.Random) -> Optional[QA]:
     i = rng.choice(cands)
     o = scene.objects[i]
     ans = quadrant(o, scene)
-    return QA("location", f"Where is the {o.name} in the image?", ans, "other", vocab.QUADRANTS,
+    return QA("location", f"Where is the {o.shape} in the image?", ans, "other", vocab.QUADRANTS,
               "rel", "query", (("select", f"{o.shape} (o{i})", ()), ("query", "position", (0,))),
-              f"The {o.name} is in the {ans} of the image.", (i,))
+              f"The {o.shape} is in the {ans} of the image.", (i,))
 
 
 # ----------------------------------------------------------------------------- existence / logic
@@ -227,6 +227,27 @@ def exist(scene: Scene, rng: random.Random) -> Optional[QA]:
     prog = (("select", shape, ()), ("filter color", color, (0,)), ("exist", "?", (1,)))
     return QA("exist", f"Is there {_a(name)} in the image?", ans, "yes/no", YES_NO, "obj", "verify",
               prog, f"{ans.capitalize()}, there is {'a' if ans == 'yes' else 'no'} {name}.", refs)
+
+
+def absent_shapes(scene: Scene) -> List[str]:
+    present = {o.shape for o in scene.objects}
+    return [s for s in vocab.SHAPES if s not in present]
+
+
+def exist_object(scene: Scene, rng: random.Random) -> Optional[QA]:
+    """POPE's question over one category (a shape): half present, half absent; an absent shape is
+    drawn from the scene's theme group half of the time (the adversarial kind of negative)."""
+    if _coin(rng):
+        i = rng.randrange(len(scene.objects))
+        shape, ans, refs = scene.objects[i].shape, "yes", (i,)
+    else:
+        absent = absent_shapes(scene)
+        present = {o.shape for o in scene.objects}
+        themed = [s for s in absent if any(s in g and present & set(g) for g in vocab.SHAPE_GROUPS)]
+        shape, ans, refs = rng.choice(themed if themed and _coin(rng) else absent), "no", ()
+    prog = (("select", shape, ()), ("exist", "?", (0,)))
+    return QA("exist_object", f"Is there {_a(shape)} in the image?", ans, "yes/no", YES_NO, "obj", "verify",
+              prog, f"{ans.capitalize()}, there is {'a' if ans == 'yes' else 'no'} {shape}.", refs)
 
 
 def exist_attr(scene: Scene, rng: random.Random) -> Optional[QA]:
@@ -301,9 +322,9 @@ def compare_size(scene: Scene, rng: random.Random) -> Optional[QA]:
     ans = "yes" if oa.size == ob.size else "no"
     prog = (("select", f"{oa.shape} (o{a})", ()), ("select", f"{ob.shape} (o{b})", ()),
             ("same size", "", (0, 1)))
-    return QA("compare_size", f"Are the {oa.name} and the {ob.name} the same size?", ans, "yes/no",
+    return QA("compare_size", f"Are the {oa.shape} and the {ob.shape} the same size?", ans, "yes/no",
               YES_NO, "attr", "compare", prog,
-              f"{ans.capitalize()}, the {oa.name} is {oa.size} and the {ob.name} is {ob.size}.", (a, b))
+              f"{ans.capitalize()}, the {oa.shape} is {oa.size} and the {ob.shape} is {ob.size}.", (a, b))
 
 
 # ----------------------------------------------------------------------------- counting
@@ -385,9 +406,9 @@ def motion_query(scene: Scene, rng: random.Random) -> Optional[QA]:
         return None
     o = scene.objects[scene.motion.index]
     d = scene.motion.direction
-    return QA("motion", f"In which direction is the {o.name} moving?", d, "other", vocab.DIRECTIONS,
+    return QA("motion", f"In which direction is the {o.shape} moving?", d, "other", vocab.DIRECTIONS,
               "rel", "query", (("select", f"{o.shape} (o{scene.motion.index})", ()), ("query", "motion", (0,))),
-              f"The {o.name} is moving {d}.", (scene.motion.index,))
+              f"The {o.shape} is moving {d}.", (scene.motion.index,))
 
 
 def caption(scene: Scene) -> str:
@@ -414,6 +435,7 @@ KINDS: Dict[str, Callable[[Scene, random.Random], Optional[QA]]] = {
     "position_choose": position_choose,
     "location": location_query,
     "exist": exist,
+    "exist_object": exist_object,
     "exist_attr": exist_attr,
     "logical": logical,
     "compare_color": compare_color,

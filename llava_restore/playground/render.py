@@ -7,6 +7,7 @@ pixels are a pure function of the scene: byte-identical for the same seed on the
 from __future__ import annotations
 
 import io
+import math
 import random
 from functools import lru_cache
 from typing import Tuple
@@ -29,6 +30,11 @@ FILL_PATTERNS = {
     "diamond": lambda x, y: x % 2 == 0 and y % 2 == 0,  # sparse dots
     "cross": lambda x, y: False,  # solid
     "ring": lambda x, y: not (x % 2 == 0 and y % 2 == 0),  # dense dots
+    # period 4 (a patch is 4x4 and starts at a multiple of 4, so every patch shows the same pixels)
+    "star": lambda x, y: (x + y) % 4 < 2,  # thick diagonal stripes
+    "hexagon": lambda x, y: (x - y) % 4 < 2,  # thick anti-diagonal stripes
+    "pentagon": lambda x, y: y % 4 < 2,  # thick horizontal stripes
+    "arrow": lambda x, y: x % 4 < 2,  # thick vertical stripes
 }
 
 
@@ -103,8 +109,27 @@ def _outline(draw: ImageDraw.ImageDraw, shape: str, x: int, y: int, w: int, fill
         o = (w - t) // 2
         draw.rectangle([x + o, y, x + o + t - 1, y1], fill=fill)
         draw.rectangle([x, y + o, x1, y + o + t - 1], fill=fill)
+    elif shape in _POLYGONS:
+        draw.polygon([(x + round(u * (w - 1)), y + round(v * (w - 1))) for u, v in _POLYGONS[shape]], fill=fill)
     else:
         raise ValueError(f"unknown shape {shape!r}; known: {vocab.SHAPES}")
+
+
+def _regular(n: int, inner: float = 1.0, turn: float = -math.pi / 2):
+    """Unit-box vertices of a regular n-gon (``inner`` < 1: a 2n-point star with that inner radius)."""
+    k = 2 * n if inner < 1.0 else n
+    radius = [1.0 if (j % 2 == 0 or inner >= 1.0) else inner for j in range(k)]
+    return [(0.5 + 0.5 * r * math.cos(turn + 2 * math.pi * j / k), 0.5 + 0.5 * r * math.sin(turn + 2 * math.pi * j / k))
+            for j, r in enumerate(radius)]
+
+
+# Polygon outlines in the unit box (u, v in [0, 1]), scaled to the object's box.
+_POLYGONS = {
+    "star": _regular(5, inner=0.45),
+    "hexagon": _regular(6, turn=0.0),
+    "pentagon": _regular(5),
+    "arrow": [(0.0, 0.3), (0.55, 0.3), (0.55, 0.0), (1.0, 0.5), (0.55, 1.0), (0.55, 0.7), (0.0, 0.7)],
+}
 
 
 def _trail_offsets(direction: str, step: int):

@@ -99,7 +99,7 @@ class SceneConfig:
     min_objects: int = 3
     max_objects: int = 6
     small_prob: float = 0.6  # probability that an object is small
-    favour_prob: float = 0.6  # probability to draw colour/shape from the scene's 2 favoured ones
+    favour_prob: float = 0.6  # probability to draw colour (shape) from the scene's 2 colours (shape group)
     text_prob: float = 0.4  # probability of at least one text
     second_text_prob: float = 0.35  # probability of a second text, given one
     text_kinds: Tuple[Tuple[str, float], ...] = (("word", 0.6), ("number", 0.4))
@@ -254,7 +254,7 @@ def _trail_rect(x: int, y: int, w: int, direction: str, step: int) -> Rect:
 def _try_scene(rng: random.Random, cfg: SceneConfig, text_size) -> Optional[Scene]:
     background = rng.choice(sorted(vocab.BACKGROUNDS))
     fav_colors = rng.sample(sorted(vocab.COLORS), 2)
-    fav_shapes = rng.sample(list(vocab.SHAPES), 2)
+    fav_shapes = list(rng.choice(vocab.SHAPE_GROUPS))  # the scene's theme
     taken: List[Rect] = []
 
     texts: List[Text] = []
@@ -286,11 +286,11 @@ def _try_scene(rng: random.Random, cfg: SceneConfig, text_size) -> Optional[Scen
         for _ in range(cfg.max_tries):
             color = rng.choice(fav_colors) if rng.random() < cfg.favour_prob else _weighted(rng, vocab.COLOR_WEIGHTS)
             shape = rng.choice(fav_shapes) if rng.random() < cfg.favour_prob else _weighted(rng, vocab.SHAPE_WEIGHTS)
-            if (color, shape) not in seen:
+            if shape not in seen:  # each shape (category) at most once per scene
                 break
         else:
             return None
-        seen.add((color, shape))
+        seen.add(shape)
         size = "small" if rng.random() < cfg.small_prob else "large"
         w = vocab.SIZES[size]
         if k == moving:
@@ -318,8 +318,9 @@ def sample_scene(rng: random.Random, cfg: SceneConfig, min_texts: int = 0) -> Sc
     """Draw a scene; retries until the layout fits and at least ``min_texts`` texts are present."""
     from llava_restore.playground.render import text_size
 
-    if cfg.min_objects < 1 or cfg.max_objects < cfg.min_objects:
-        raise ValueError(f"bad object range [{cfg.min_objects}, {cfg.max_objects}] in SceneConfig")
+    if cfg.min_objects < 1 or cfg.max_objects < cfg.min_objects or cfg.max_objects > len(vocab.SHAPES):
+        raise ValueError(f"bad object range [{cfg.min_objects}, {cfg.max_objects}] in SceneConfig "
+                         f"(1 <= min <= max <= {len(vocab.SHAPES)}, one object per shape)")
     for _ in range(cfg.max_tries):
         scene = _try_scene(rng, cfg, text_size)
         if scene is not None and len(scene.texts) >= min_texts:

@@ -115,6 +115,9 @@ class PlaygroundTrainConfig:
     # hop-1 aid (grounding.mention_answer_targets): the question's last object word also predicts the
     # answer's first token, with this loss weight (0 = off); see playground/README.md
     aux_weight: float = 1.0
+    # every N stage-2 steps, save the model so far to ``out`` (its train_summary.json says
+    # "complete": false and the step); 0 = only at the end
+    save_every: int = 0
 
 
 def lr_at(step: int, cfg: PlaygroundTrainConfig) -> float:
@@ -294,10 +297,11 @@ def _option_ids(tok) -> torch.Tensor:
 
 
 def _mention_ids(tok) -> torch.Tensor:
-    """Token ids of the words that name objects in questions (colours, shapes, 'object')."""
+    """Token ids of the words that name objects in questions (colours, shapes). Not 'object': in
+    "What shape is the red object?" the aid belongs on 'red', the word that picks the object."""
     from llava_restore.playground import vocab
 
-    words = list(vocab.COLORS) + list(vocab.SHAPES) + list(vocab.PLURALS.values()) + ["object", "objects"]
+    words = list(vocab.COLORS) + list(vocab.SHAPES) + list(vocab.PLURALS.values())
     return torch.tensor(sorted({tok.encode(w, add_special_tokens=False)[-1] for w in words}))
 
 
@@ -371,6 +375,13 @@ def _load_scenes(data: str) -> dict:
                     except (json.JSONDecodeError, KeyError) as err:
                         raise ValueError(f"{os.path.join(folder, name)} line {n}: not a scene record ({err})") from None
     return out
+
+
+def _save(model, tok, proc, cfg: PlaygroundTrainConfig, summary: dict) -> None:
+    """The checkpoint (liuhaotian format) and its train_summary.json, written to ``cfg.out``."""
+    save_pretrained(model, cfg.out, tokenizer=tok, image_processor=proc, fmt="liuhaotian")
+    with open(os.path.join(cfg.out, "train_summary.json"), "w") as f:
+        json.dump(summary, f, indent=2)
 
 
 def train(cfg: PlaygroundTrainConfig, on_step=None) -> dict:
@@ -510,6 +521,12 @@ def train(cfg: PlaygroundTrainConfig, on_step=None) -> dict:
                 writer.add_scalar("train/ground_loss", sum(glosses[-cfg.log_every:]) / len(glosses[-cfg.log_every:]), step)
             if auxes:
                 writer.add_scalar("train/aux_loss", sum(auxes[-cfg.log_every:]) / len(auxes[-cfg.log_every:]), step)
+        if cfg.save_every and step % cfg.save_every == 0 and step < cfg.steps:
+            _save(model, tok, proc, cfg, {"complete": False, "steps_done": step, "seconds_so_far": round(time.time() - t_start, 1),
+                                          "loss_so_far": sum(losses[-20:]) / len(losses[-20:]), "config": asdict(cfg)})
+            model.train()
+            if cfg.freeze_vision:
+                model.get_vision_tower().eval()
         if on_step is not None:
             n_img = max(1, len(out.prepared.reductions))
             on_step(step, model, tok, proc, {"loss": losses[-1], "ground": glosses[-1] if glosses else None,
@@ -521,16 +538,14 @@ def train(cfg: PlaygroundTrainConfig, on_step=None) -> dict:
     elapsed = time.time() - t_start
     writer.close()
     model.eval().cpu()
-    save_pretrained(model, cfg.out, tokenizer=tok, image_processor=proc, fmt="liuhaotian")
-    summary = {"steps": cfg.steps, "train_seconds": round(elapsed, 1), "stage1_seconds": round(t_stage1, 1),
+    summary = {"complete": True, "steps": cfg.steps, "train_seconds": round(elapsed, 1), "stage1_seconds": round(t_stage1, 1),
                "stage1_final_loss": vision_loss, "projector_scale": scale, "params": n_params,
                "final_loss": sum(losses[-20:]) / len(losses[-20:]) if losses else None,
                "first_loss": losses[0] if losses else None,
                "final_ground_loss": sum(glosses[-20:]) / len(glosses[-20:]) if glosses else None,
                "final_aux_loss": sum(auxes[-20:]) / len(auxes[-20:]) if auxes else None,
                "truncated_records": n_trunc, "config": asdict(cfg)}
-    with open(os.path.join(cfg.out, "train_summary.json"), "w") as f:
-        json.dump(summary, f, indent=2)
+    _save(model, tok, proc, cfg, summary)
     print(f"saved {cfg.out} after {elapsed:.0f} s"
           + (f"; loss {summary['first_loss']:.3f} -> {summary['final_loss']:.3f}" if losses else "; no stage-2 steps")
           + (f"; {n_trunc} records truncated to {cfg.max_length} tokens" if n_trunc else ""))

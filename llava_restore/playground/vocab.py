@@ -26,17 +26,30 @@ COLOR_WEIGHTS: Dict[str, float] = {
     "white": 1.0, "orange": 0.9, "purple": 0.8, "cyan": 0.7,
 }
 
-SHAPES: Tuple[str, ...] = ("square", "circle", "triangle", "diamond", "cross", "ring")
+# Shapes are the playground's object categories (POPE asks about them, as real POPE asks about COCO
+# categories). A scene holds each shape at most once, so "the ring" always names one object.
+SHAPES: Tuple[str, ...] = ("square", "circle", "triangle", "diamond", "cross", "ring",
+                           "star", "hexagon", "pentagon", "arrow")
 SHAPE_WEIGHTS: Dict[str, float] = {
-    "square": 1.4, "circle": 1.3, "triangle": 1.1, "diamond": 1.0, "cross": 0.9, "ring": 0.8,
+    "square": 1.4, "circle": 1.3, "triangle": 1.2, "diamond": 1.1, "cross": 1.0, "ring": 1.0,
+    "star": 0.9, "hexagon": 0.8, "pentagon": 0.8, "arrow": 0.7,
 }
+# Co-occurrence themes: a scene favours one group's shapes (as kitchens favour cups and forks), so
+# POPE's adversarial negatives (absent categories that co-occur most with present ones) mean something.
+SHAPE_GROUPS: Tuple[Tuple[str, ...], ...] = (
+    ("square", "diamond", "cross", "arrow"),
+    ("circle", "ring", "hexagon"),
+    ("triangle", "star", "pentagon"),
+)
 PLURALS: Dict[str, str] = {
     "square": "squares", "circle": "circles", "triangle": "triangles",
     "diamond": "diamonds", "cross": "crosses", "ring": "rings",
+    "star": "stars", "hexagon": "hexagons", "pentagon": "pentagons", "arrow": "arrows",
 }
 # Straight sides per shape (the ScienceQA-style context states these facts).
 SHAPE_SIDES: Dict[str, int] = {
     "square": 4, "circle": 0, "triangle": 3, "diamond": 4, "cross": 12, "ring": 0,
+    "star": 10, "hexagon": 6, "pentagon": 5, "arrow": 7,
 }
 
 # Object sizes: side of the (square) bounding box in pixels.
@@ -90,7 +103,8 @@ SQA_WARM_CONTEXT = (
 )
 SQA_SIDES_CONTEXT = (
     "A triangle has 3 straight sides. A square and a diamond have 4 straight sides. "
-    "A cross has 12 straight sides. A circle and a ring have no straight sides."
+    "A pentagon has 5, a hexagon 6 and an arrow 7 straight sides. A star has 10 and a cross 12 "
+    "straight sides. A circle and a ring have no straight sides."
 )
 
 

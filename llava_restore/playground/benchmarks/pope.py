@@ -1,6 +1,7 @@
 """POPE: object existence with random, popular and adversarial negatives.
 
-An "object" is a colour-shape category ("red square"). Per image, 3 present categories (answer
+An "object" is a category, i.e. a shape ("square"), as real POPE asks about COCO categories; a scene
+holds each shape at most once. Per image, 3 present categories (answer
 yes) alternate with 3 absent ones (answer no), as in POPE. The negatives, per POPE's definitions:
 - random: drawn uniformly from the categories absent from the image;
 - popular: the most frequent categories over all POPE images' objects, absent from the image;
@@ -23,7 +24,7 @@ from typing import Dict, List, Sequence
 
 from llava_restore.playground import config, vocab
 from llava_restore.playground.benchmarks.common import EVAL, short_prompt, write_scenes
-from llava_restore.playground.scene import Scene, categories, sample_scene
+from llava_restore.playground.scene import Scene, sample_scene
 from llava_restore.playground.sink import Sink, stream
 
 ROOT = f"{EVAL}/pope"
@@ -33,17 +34,21 @@ N_POS = 3  # present objects asked per image (and as many absent ones)
 
 
 def all_categories() -> List[str]:
-    return [f"{c} {s}" for c in sorted(vocab.COLORS) for s in vocab.SHAPES]
+    return list(vocab.SHAPES)
+
+
+def scene_categories(scene: Scene) -> List[str]:
+    return [o.shape for o in scene.objects]
 
 
 def frequency(scenes: Sequence[Scene]) -> Counter:
-    return Counter(name for sc in scenes for name in categories(sc))
+    return Counter(name for sc in scenes for name in scene_categories(sc))
 
 
 def cooccurrence(scenes: Sequence[Scene]) -> Dict[str, Counter]:
     co: Dict[str, Counter] = {}
     for sc in scenes:
-        names = categories(sc)
+        names = scene_categories(sc)
         for a in names:
             co.setdefault(a, Counter()).update(b for b in names if b != a)
     return co
@@ -51,7 +56,7 @@ def cooccurrence(scenes: Sequence[Scene]) -> Dict[str, Counter]:
 
 def negatives(scene: Scene, strategy: str, k: int, freq: Counter, co: Dict[str, Counter],
               rng: random.Random) -> List[str]:
-    present = set(categories(scene))
+    present = set(scene_categories(scene))
     absent = [c for c in all_categories() if c not in present]
     if strategy == "random":
         return rng.sample(absent, k)
@@ -87,7 +92,7 @@ def build(sink: Sink, seed: int, sizes) -> int:
     rows, labels = [], {c: [] for c in CATEGORIES}
     for strategy in CATEGORIES:
         for i, (scene, name) in enumerate(zip(scenes, names)):
-            pos = stream(seed, "pope", "positives", i).sample(categories(scene), N_POS)
+            pos = stream(seed, "pope", "positives", i).sample(scene_categories(scene), N_POS)
             neg = negatives(scene, strategy, N_POS, freq, co, stream(seed, "pope", strategy, i))
             for p, n in zip(pos, neg):
                 for obj, label in ((p, "yes"), (n, "no")):
