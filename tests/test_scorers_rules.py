@@ -93,8 +93,9 @@ CHOICES = {"A": "cat", "B": "dog", "C": "red one"}
     ("B", "B"), ("(C) red one", "C"), ("The answer is A.", "A"),
     ("It is a dog", "B"),                       # no letter token -> option text
     ("A or B", None),                           # two letters, no option text
-    ("this is a very long reply that mentions a dog", None),  # longer than 2x the options: no text match
-    ("Sorry, I can't help with images of people yet.", "Z"), ("Z", "Z"), ("I don't know", None),
+    ("this is a very long reply that mentions a dog", "B"),  # the 2023 rules have no length limit on text
+    ("Sorry, I can't help with images of people yet.", None), ("Z", None),  # no refusal rule in 2023: ChatGPT
+    ("I don't know", None),
 ])
 def test_mmbench_option_matching(reply, expected):
     assert match_option(reply, dict(CHOICES)) == expected

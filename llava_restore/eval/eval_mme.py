@@ -31,6 +31,9 @@ EVAL_TYPES = {
 SHORT_ANSWER_SUFFIX = "Answer the question using a single word or phrase."
 YES_NO_SUFFIX = " Please answer yes or no."
 PREFIX_CHARS = 4  # calculation.py looks for yes/no in the first 4 characters
+# a reply holding one of these no longer round-trips through LLaVA's "a<TAB>b<TAB>c<TAB>reply\n" txt lines:
+# calculation.py reads them with readlines() (universal newlines: \r, \n, \r\n) and splits on tabs
+TXT_BREAKING_CHARS = {"\t": "tab", "\n": "newline", "\r": "carriage return (\\r)"}
 
 
 def load_ground_truth(gt_dir) -> Dict[Tuple[str, str, str], str]:
@@ -110,8 +113,10 @@ def score_mme(result_file, gt_dir, question_file=None, out_dir=None, n_skipped: 
         if (category, txt, prompt) not in gt:
             raise ValueError(f"{result_file}: answer #{i + 1} ({qid!r}): no ground truth for {prompt!r} in "
                              f"{gt_dir}/{category}")
-        if "\t" in a["text"] or "\n" in a["text"]:
-            report.warn(f"MME {qid!r}: reply contains a tab/newline, which breaks LLaVA's txt files; scored as is")
+        breaking = [name for ch, name in TXT_BREAKING_CHARS.items() if ch in a["text"]]
+        if breaking:
+            report.warn(f"MME {qid!r} ({prompt!r}): reply contains a {'/'.join(breaking)}, which breaks LLaVA's txt "
+                        "files (calculation.py splits lines on \\n and \\r, fields on tabs); scored as is")
         rows[category].append((txt, prompt, gt[(category, txt, prompt)], a["text"]))
     if question_file is not None:
         expected = [question_id_prompt_key(q) for q in read_jsonl(question_file)]
