@@ -191,11 +191,12 @@ def test_training_json_is_llava_conversation_format(data):
 
 
 def test_training_counts_match_scenes(data):
-    """Every 'How many <plural> are there?' / 'Is there a <c> <s> in the image?' training turn
+    """Every 'How many <plural> are there?' / 'Is there a [<c>] <s> in the image?' training turn
     agrees with the scene it was asked about."""
     sc = scenes(data, "train")
     plural = {"squares": "square", "circles": "circle", "triangles": "triangle", "diamonds": "diamond",
-              "crosses": "cross", "rings": "ring"}
+              "crosses": "cross", "rings": "ring", "stars": "star", "hexagons": "hexagon",
+              "pentagons": "pentagon", "arrows": "arrow"}
     checked = 0
     for r in json.loads((data / "train/llava_playground_train.json").read_text()):
         if "image" not in r:
@@ -212,6 +213,11 @@ def test_training_counts_match_scenes(data):
             if m:
                 present = any(o["color"] == m.group(1) and o["shape"] == m.group(2) for o in scene["objects"])
                 assert g["value"] == ("Yes" if present else "No")
+                checked += 1
+            m = re.fullmatch(r"Is there an? (\w+) in the image\?", q)  # one category (POPE-style)
+            if m:
+                present = any(o["shape"] == m.group(1) for o in scene["objects"])
+                assert g["value"].lower() == ("yes" if present else "no")
                 checked += 1
     assert checked > 0
 
@@ -237,37 +243,42 @@ def test_gqa_files_parse_and_agree(data):
 
 
 def test_gqa_answers_follow_from_the_scene(data):
+    """Each GQA-style kind (one object, named by its shape or colour) answered from the scene's ground truth."""
     sc = scenes(data, "gqa")
     gt = json.loads((data / "eval/gqa/data/testdev_balanced_questions.json").read_text())
     checked = Counter()
     for g in gt.values():
         scene, q, a = sc[g["imageId"] + ".png"], g["question"], g["answer"]
-        m = re.fullmatch(r"Is the (\w+ \w+) (to the left of|to the right of|above|below) the (\w+ \w+)\?", q)
-        if m:
-            (ax, ay), (bx, by) = centre2(find(scene, m.group(1))), centre2(find(scene, m.group(3)))
-            d = {"to the left of": bx - ax, "to the right of": ax - bx, "above": by - ay, "below": ay - by}[m.group(2)]
-            assert abs(d) > MARGIN2 and a == ("yes" if d > 0 else "no")
-            checked["verify"] += 1
-        m = re.fullmatch(r"What (color|shape) is the object (to the left of|to the right of|above|below) the (\w+ \w+)\?", q)
-        if m:
-            bx, by = centre2(find(scene, m.group(3)))
-            d = {"to the left of": lambda x, y: bx - x, "to the right of": lambda x, y: x - bx,
-                 "above": lambda x, y: by - y, "below": lambda x, y: y - by}[m.group(2)]
-            others = [o for o in scene["objects"] if f"{o['color']} {o['shape']}" != m.group(3)]
-            hits = [o for o in others if d(*centre2(o)) > MARGIN2]
-            assert len(hits) == 1 and a == hits[0][m.group(1)]
-            assert all(abs(d(*centre2(o))) > MARGIN2 for o in others)  # no borderline object
-            checked["query"] += 1
+        by_shape = lambda shape: [o for o in scene["objects"] if o["shape"] == shape]  # noqa: E731
         m = re.fullmatch(r"What color is the (\w+)\?", q)
         if m:
-            hits = [o for o in scene["objects"] if o["shape"] == m.group(1)]
+            hits = by_shape(m.group(1))
             assert len(hits) == 1 and a == hits[0]["color"]
             checked["color"] += 1
-        m = re.fullmatch(r"Is the (\w+ \w+) (small or large|large or small)\?", q)
+        m = re.fullmatch(r"What shape is the (\w+) object\?", q)
         if m:
-            assert a == find(scene, m.group(1))["size"]
+            hits = [o for o in scene["objects"] if o["color"] == m.group(1)]
+            assert len(hits) == 1 and a == hits[0]["shape"]
+            checked["shape"] += 1
+        m = re.fullmatch(r"Is the (\w+) (small or large|large or small)\?", q)
+        if m:
+            (o,) = by_shape(m.group(1))
+            assert a == o["size"]
             checked["size"] += 1
-    assert sum(checked.values()) >= 5, checked
+        m = re.fullmatch(r"Is the (\w+) (?:on|at) the (left|right|top|bottom) or (?:on|at) the (left|right|top|bottom) of the image\?", q)
+        if m:
+            (o,) = by_shape(m.group(1))
+            cx2, cy2 = centre2(o)
+            c2, full = (cx2, scene["width"]) if m.group(2) in ("left", "right") else (cy2, scene["height"])
+            assert abs(c2 - full) > MARGIN2  # never asked about an object near the middle line
+            want = {"left": c2 < full, "right": c2 > full, "top": c2 < full, "bottom": c2 > full}
+            assert a in (m.group(2), m.group(3)) and want[a]
+            checked["position"] += 1
+        m = re.fullmatch(r"Is there an? (\w+) in the image\?", q)
+        if m:
+            assert a == ("yes" if by_shape(m.group(1)) else "no")
+            checked["exist"] += 1
+    assert sum(checked.values()) == len(gt), checked  # every question is of one of these kinds
 
 
 def test_pope_files_parse_and_have_three_balanced_categories(data):
@@ -291,15 +302,15 @@ def test_pope_files_parse_and_have_three_balanced_categories(data):
 
 def test_pope_negatives_follow_pope_definitions(data):
     sc = scenes(data, "pope")
-    names = lambda s: [f"{o['color']} {o['shape']}" for o in s["objects"]]  # noqa: E731
+    names = lambda s: [o["shape"] for o in s["objects"]]  # noqa: E731  (a category is a shape)
     freq = Counter(c for s in sc.values() for c in names(s))
     co = Counter((a, b) for s in sc.values() for a in names(s) for b in names(s) if a != b)
-    everything = sorted({f"{c} {s}" for c in ("red", "green", "blue", "yellow", "purple", "orange", "white", "cyan")
-                         for s in ("square", "circle", "triangle", "diamond", "cross", "ring")})
+    everything = sorted({"square", "circle", "triangle", "diamond", "cross", "ring", "star", "hexagon", "pentagon",
+                         "arrow"})
     for cat in ("adversarial", "popular", "random"):
         by_image = {}
         for x in jsonl(data / f"eval/pope/coco/coco_pope_{cat}.json"):
-            obj = re.fullmatch(r"Is there an? (\w+ \w+) in the image\?", x["text"]).group(1)
+            obj = re.fullmatch(r"Is there an? (\w+) in the image\?", x["text"]).group(1)
             by_image.setdefault(x["image"], []).append((obj, x["label"]))
         for image, qs in by_image.items():
             present = names(sc[image])
@@ -443,7 +454,8 @@ def test_vqav2_files_parse_and_counts_match_the_scene(data):
     assert [q["question_id"] for q in qs["questions"]] == [a["question_id"] for a in ann["annotations"]] == [r["question_id"] for r in dev]
     sc = scenes(data, "vqav2")
     plural = {"squares": "square", "circles": "circle", "triangles": "triangle", "diamonds": "diamond",
-              "crosses": "cross", "rings": "ring"}
+              "crosses": "cross", "rings": "ring", "stars": "star", "hexagons": "hexagon",
+              "pentagons": "pentagon", "arrows": "arrow"}
     for r, q, a in zip(dev, qs["questions"], ann["annotations"]):
         assert r["question_id"] // 1000 == q["image_id"] == a["image_id"]
         assert r["text"] == q["question"] + "\n" + SHORT and len(a["answers"]) == 10
