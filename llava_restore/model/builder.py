@@ -8,7 +8,7 @@ import os
 import torch
 from transformers import AutoTokenizer, CLIPImageProcessorPil, CLIPVisionConfig, CLIPVisionModel, PreTrainedTokenizerFast
 
-from .checkpoint import hf_to_ours, load_state_dict, ours_to_hf, save_state_dict
+from .checkpoint import hf_to_ours, load_state_dict, ours_to_hf, save_state_dict, save_vision_tower
 from .config import CheckpointError, LlavaConfig, parse_config, read_config_json
 from .llava_llama import LlavaLlamaForCausalLM
 from .vision import CLIPVisionTower, load_vision_tower
@@ -191,9 +191,7 @@ def save_pretrained(model: LlavaLlamaForCausalLM, folder: str, tokenizer=None, i
     tower = model.get_vision_tower()
     if fmt == "liuhaotian":
         sd = {k: v for k, v in sd.items() if not k.startswith(_TOWER_PREFIX)}
-        tower.vision_tower.save_pretrained(os.path.join(folder, vision_subdir))
-        if image_processor is not None:
-            image_processor.save_pretrained(os.path.join(folder, vision_subdir))
+        save_vision_tower(tower, os.path.join(folder, vision_subdir), image_processor)
         conf = cfg.to_liuhaotian_dict()
         conf["mm_vision_tower"] = vision_subdir
         save_state_dict(sd, folder, max_shard_bytes)

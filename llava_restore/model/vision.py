@@ -9,6 +9,7 @@ import torch
 from torch import nn
 from transformers import CLIPImageProcessorPil, CLIPVisionConfig, CLIPVisionModel
 
+from .checkpoint import load_vision_tower_folder
 from .config import CheckpointError
 
 
@@ -116,7 +117,7 @@ def load_vision_tower(name_or_path: str, *, base_dir: str | None = None, allow_d
                 raise CheckpointError(f"vision tower folder {cand} has no config.json")
             if not os.path.isfile(os.path.join(cand, "preprocessor_config.json")):
                 raise CheckpointError(f"vision tower folder {cand} has no preprocessor_config.json")
-            model = CLIPVisionModel.from_pretrained(cand, dtype=torch_dtype, local_files_only=True)
+            model = load_vision_tower_folder(cand, torch_dtype)  # either key layout; strict
             proc = CLIPImageProcessorPil.from_pretrained(cand, local_files_only=True)
             return model, proc
     try:

@@ -1,6 +1,9 @@
 """Write a random tiny LLaVA checkpoint with a locally built tokenizer (no hub).
 
     python -m llava_restore.tools.make_tiny OUT --format liuhaotian|hf [--seed 0]
+
+The tower is saved in the ``vision_model.``-prefixed layout transformers 4.3x also reads
+(liuhaotian: ``OUT/vision_tower`` by ``checkpoint.save_vision_tower``; hf: ``vision_tower.vision_model.*``).
 """
 from __future__ import annotations
 

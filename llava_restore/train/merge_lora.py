@@ -3,6 +3,8 @@
     python -m llava_restore.train.merge_lora --model-path LORA --model-base BASE --save-model-path OUT
 
 The result loads with ``load_pretrained_model(OUT)`` (and every eval CLI's ``--model-path OUT``).
+Its ``vision_tower/`` is written by ``checkpoint.save_vision_tower`` (``vision_model.``-prefixed keys,
+which transformers 4.3x reads too).
 Without merging, ``--model-path LORA --model-base BASE`` works in eval directly.
 """
 from __future__ import annotations
