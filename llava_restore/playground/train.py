@@ -270,16 +270,18 @@ def rescale_projector(model, proc, cfg: PlaygroundTrainConfig) -> float:
 
 
 def load_vision(tower, folder: str) -> None:
-    """Load the ViT weights saved in ``folder`` (a checkpoint's vision tower sub-folder) into ``tower``."""
-    from safetensors.torch import load_file
+    """Load the ViT weights saved in ``folder`` (a checkpoint's vision tower sub-folder, either key layout)
+    into ``tower``."""
+    from llava_restore.model.checkpoint import load_vision_tower_weights
+    from llava_restore.model.config import CheckpointError
 
     path = os.path.join(folder, "model.safetensors")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"vision_init={folder!r}: no model.safetensors there (expected a checkpoint's "
                                 "vision_tower/ sub-folder)")
     try:
-        tower.vision_tower.load_state_dict(load_file(path))
-    except RuntimeError as err:
+        load_vision_tower_weights(tower, folder)
+    except CheckpointError as err:
         raise ValueError(f"vision_init={folder!r} does not fit this model's ViT (model.vision_*): {err}") from None
 
 
