@@ -13,9 +13,10 @@ from llava_restore.reduction import (
     reduce_visual_tokens,
 )
 
-N, D, DV = 576, 16, 8
+N, D, DV, DK = 576, 16, 8, 4
 METHODS = known_reducers()
 MERGING = {"tome", "visionzip"}  # cover every original even without Stage B
+PROJ = torch.nn.Linear(DV, D)  # a stand-in mm_projector for plain VisionZip (merges before it)
 
 
 def test_registry_lists_all_methods():
@@ -33,30 +34,58 @@ def inputs(batch=2, seed=0, dtype=torch.float32):
     return feats, vis, attn
 
 
+def tower_extras(vis):
+    """Stand-ins for the CLS feature and attention keys plain VisionZip needs: functions of each
+    sample's own pre-projector features, so no sample depends on its batch."""
+    if vis is None:
+        return dict(projector=PROJ)
+    return dict(vis_cls=vis.float().mean(1), attn_keys=vis.float()[..., :DK].flip(-1) ** 2 - 0.5, projector=PROJ)
+
+
 def run(feats, vis, attn, **cfg):
-    return reduce_visual_tokens(feats, make_reduction_config(**cfg).resolve(), vis_feats=vis, cls_attn=attn)
+    return reduce_visual_tokens(feats, make_reduction_config(**cfg).resolve(), vis_feats=vis, cls_attn=attn,
+                                **tower_extras(vis))
 
 
-def check_result(res: ReductionResult, feats: torch.Tensor, n: int, covers_all: bool):
+def by_position(**cfg) -> bool:
+    """Whether the result is ordered by position (else the method's own output order)."""
+    c = make_reduction_config(**cfg).resolve()
+    return not (c.reference_order and get_reducer(c.method).emits_order)
+
+
+def member_means(**cfg) -> bool:
+    """Whether every patch-made output token is the mean of its members' projected features."""
+    c = make_reduction_config(**cfg).resolve()
+    return not (c.method == "visionzip" and not c.merge and c.visionzip_merge == "reference")
+
+
+def check_result(res: ReductionResult, feats: torch.Tensor, n: int, covers_all: bool, sorted_positions: bool = True,
+                 means: bool = True):
     B = feats.shape[0]
     assert res.features.shape == (B, n, D) and res.features.dtype == feats.dtype
     assert res.source.shape == (B, N) and res.sizes.shape == (B, n) and res.positions.shape == (B, n)
-    assert bool((res.positions[:, 1:] >= res.positions[:, :-1]).all()), "positions not sorted"
+    if sorted_positions:
+        assert bool((res.positions[:, 1:] >= res.positions[:, :-1]).all()), "positions not sorted"
+    extra = res.is_extra  # (B, n) non-patch tokens (VisionZip's CLS): size 1, no members
     for b in range(B):
         counts = torch.bincount(res.source[b][res.source[b] >= 0], minlength=n)
-        assert counts.tolist() == res.sizes[b].long().tolist()  # sizes = member counts, none empty
-        assert bool((counts >= 1).all())
+        assert counts.masked_fill(extra[b], 1).tolist() == res.sizes[b].long().tolist()  # sizes = member counts
+        assert bool((counts[~extra[b]] >= 1).all()) and bool((counts[extra[b]] == 0).all())
+        assert bool((res.positions[b][extra[b]] == -1).all())
         if covers_all:
             assert bool((res.source[b] >= 0).all())  # every original in exactly one member set
-            assert res.sizes[b].sum().item() == N
+            assert res.sizes[b].sum().item() == N + int(extra[b].sum())
         else:
-            assert res.sizes[b].tolist() == [1.0] * n and int((res.source[b] >= 0).sum()) == n
+            assert res.sizes[b].tolist() == [1.0] * n and int((res.source[b] >= 0).sum()) == n - int(extra[b].sum())
         # each output feature is the mean of its members; its position lies among them
         for j in (0, n // 2, n - 1):
+            if bool(extra[b, j]):
+                continue
             members = res.members(b, j)
-            expected = feats[b, members].float().mean(0).to(feats.dtype)  # float32 math, cast back
-            tol = 1e-5 if feats.dtype == torch.float32 else 1e-3
-            torch.testing.assert_close(res.features[b, j], expected, rtol=tol, atol=tol)
+            if means:
+                expected = feats[b, members].float().mean(0).to(feats.dtype)  # float32 math, cast back
+                tol = 1e-5 if feats.dtype == torch.float32 else 1e-3
+                torch.testing.assert_close(res.features[b, j], expected, rtol=tol, atol=tol)
             assert members.min() <= res.positions[b, j] <= members.max()
 
 
@@ -65,8 +94,14 @@ def check_result(res: ReductionResult, feats: torch.Tensor, n: int, covers_all: 
 def test_every_method_every_budget(method, merge):
     feats, vis, attn = inputs()
     for n in (1, 7, 64, 575):
-        res = run(feats, vis, attn, method=method, n_vis=n, merge=merge)
-        check_result(res, feats, n, covers_all=merge or method in MERGING)
+        c = dict(method=method, n_vis=n, merge=merge)
+        res = run(feats, vis, attn, **c)
+        check_result(res, feats, n, covers_all=merge or method in MERGING, sorted_positions=by_position(**c),
+                     means=member_means(**c))
+        if not by_position(**c):  # token_order=position: the same tokens, sorted
+            pos = run(feats, vis, attn, token_order="position", **c)
+            check_result(pos, feats, n, covers_all=merge or method in MERGING, means=member_means(**c))
+            assert sorted(map(tuple, res.features[0].tolist())) == sorted(map(tuple, pos.features[0].tolist()))
 
 
 @pytest.mark.parametrize("rule", sorted(ANCHOR_RULES))
@@ -184,6 +219,16 @@ def test_bad_inputs_have_clear_errors():
         run(feats, None, attn, method="vispruner", n_vis=64)
     with pytest.raises(ValueError, match="cls_attn shape"):
         run(feats, vis, attn[:, :10], method="visionzip", n_vis=64)
+    with pytest.raises(ValueError, match=r"attn_keys.*N=576"):
+        reduce_visual_tokens(feats, make_reduction_config(method="visionzip", n_vis=64).resolve(), vis_feats=vis,
+                             cls_attn=attn, vis_cls=vis[:, 0], projector=PROJ)
+    with pytest.raises(ValueError, match="projector"):
+        reduce_visual_tokens(feats, make_reduction_config(method="visionzip", n_vis=64).resolve(), vis_feats=vis,
+                             cls_attn=attn, attn_keys=vis, vis_cls=vis[:, 0])
+    with pytest.raises(ValueError, match=r"position_mode=retain.*visionzip_cls=false"):
+        run(feats, vis, attn, method="visionzip", n_vis=64, position_mode="retain")
+    with pytest.raises(ValueError, match=r"token_order='pick'.*\['reference', 'position'\]"):
+        make_reduction_config(["token_order=pick"])
     with pytest.raises(ValueError, match="resolve"):
         reduce_visual_tokens(feats, make_reduction_config(method="divprune", n_vis=64))
     with pytest.raises(ValueError, match="method 'none'"):

@@ -109,21 +109,41 @@ def _holov_case():
 
 def test_holov_chunk_scores_by_hand():
     x, a = _holov_case()
-    # chunk 0: S rows (diagonal zeroed) [0,1,0], [1,0,0], [0,0,0]; over the 2 other tokens:
-    #   mean = .5, .5, 0; var = ((1-.5)^2 + (0-.5)^2)/2 = .25, .25, 0
-    #   1000a = 100, 200, 150: mean|1000a| = 150, mean|var| = 1/6
-    scale = 150.0 / (0.5 / 3 + 1e-6)
-    chunk0 = (100 + 0.09 * 0.25 * scale + 200 + 0.09 * 0.25 * scale + 150) / 3
-    # chunk 1: orthogonal -> S = 0, var = 0 -> score = mean(50, 50, 500)
+    # chunk 0: S rows (diagonal zeroed) [0,1,0], [1,0,0], [0,0,0]; mean = row sum / 2 = .5, .5, 0
+    # reference variance (default): the whole row, the zeroed diagonal's (0 - mean)^2 included:
+    #   ((0-.5)^2 + (1-.5)^2 + (0-.5)^2) / 2 = .375, .375; token 2: 0
+    #   1000a = 100, 200, 150: mean|1000a| = 150, mean|var| = .25
+    scale = 150.0 / (0.25 + 1e-6)
+    chunk0 = (100 + 0.09 * 0.375 * scale + 200 + 0.09 * 0.375 * scale + 150) / 3
+    # chunk 1: orthogonal -> S = 0, mean 0, var 0 -> score = mean(50, 50, 500)
     chunk1 = 200.0
     got = holov_chunk_scores(x, a, [3, 3])
     torch.testing.assert_close(got, torch.tensor([[chunk0, chunk1]]), rtol=1e-5, atol=1e-4)
-    # the reference code's variance also counts the zeroed diagonal: + mean^2 / (s - 1)
-    var_ref = 0.25 + 0.25 / 2
-    scale_ref = 150.0 / (2 * var_ref / 3 + 1e-6)
-    chunk0_ref = (300 + 2 * 0.09 * var_ref * scale_ref + 150) / 3
-    got_ref = holov_chunk_scores(x, a, [3, 3], var_includes_self=True)
-    torch.testing.assert_close(got_ref, torch.tensor([[chunk0_ref, chunk1]]), rtol=1e-5, atol=1e-4)
+    # over the other tokens only (option): ((1-.5)^2 + (0-.5)^2) / 2 = .25, .25, 0
+    scale_ex = 150.0 / (0.5 / 3 + 1e-6)
+    chunk0_ex = (300 + 2 * 0.09 * 0.25 * scale_ex + 150) / 3
+    got_ex = holov_chunk_scores(x, a, [3, 3], var_excludes_self=True)
+    torch.testing.assert_close(got_ex, torch.tensor([[chunk0_ex, chunk1]]), rtol=1e-5, atol=1e-4)
+
+
+def test_holov_variance_definition_matters_for_identical_tokens():
+    # The variance term enters a chunk's score as 0.09 mean|1000a| mean(var) / (mean|var| + 1e-6):
+    # scale-free, so it only matters where the variance is (near) zero.  Three identical tokens:
+    # S off-diagonal = 1, mean = 1; reference variance (0 - 1)^2 / 2 = .5 each; without the
+    # diagonal it is 0.
+    x = basis(2, 0, 0, 0)
+    a = torch.tensor([[0.1, 0.2, 0.3]])  # mean 1000a = 200
+    ref = 200 + 0.09 * 200 * 0.5 / (0.5 + 1e-6)
+    torch.testing.assert_close(holov_chunk_scores(x, a, [3]), torch.tensor([[ref]]), rtol=1e-6, atol=1e-4)
+    torch.testing.assert_close(holov_chunk_scores(x, a, [3], var_excludes_self=True), torch.tensor([[200.0]]))
+
+
+def test_holov_single_token_chunk_scores_raw_attention():
+    # chunks of one token (N < 2C): the reference scores them by the raw a, not 1000 a
+    x = basis(3, 0, 1, 2)
+    a = torch.tensor([[0.2, 0.3, 0.5]])
+    torch.testing.assert_close(holov_chunk_scores(x, a, [1, 1, 1]), a)
+    torch.testing.assert_close(holov_chunk_scores(x, a, [1, 1, 1], single_token_scaled=True), 1000 * a)
 
 
 def test_holov_allocation_by_hand():
@@ -133,9 +153,23 @@ def test_holov_allocation_by_hand():
     assert holov_allocate(torch.tensor([[6.0, 1.0, 1.0, 2.0]]), sizes, 6).tolist() == [[3, 0, 0, 3]]
     # equal weights: floors 1 each, remainder 2 -> ties -> lowest chunks
     assert holov_allocate(torch.tensor([[1.0, 1.0, 1.0, 1.0]]), sizes, 6).tolist() == [[2, 2, 1, 1]]
-    # one chunk has all the weight: 5 -> clamp 2, shortfall 3 -> chunk 1 (2), chunk 2 (1)
+    # one chunk has all the weight: 5 -> clamp 2, deficit 3.  The reference hands it out in
+    # rounds of +1 to each of the top-`deficit` chunks with room: chunks 1, 2, 3 (tied at 0) -> 2, 1, 1, 1
     got = holov_allocate(torch.tensor([[10.0, 0.0, 0.0, 0.0]]), [2, 2, 2, 2], 5)
+    assert got.tolist() == [[2, 1, 1, 1]]
+    # 'fill' fills the chunks with room in weight order instead: chunk 1 (2), chunk 2 (1)
+    got = holov_allocate(torch.tensor([[10.0, 0.0, 0.0, 0.0]]), [2, 2, 2, 2], 5, redistribute="fill")
     assert got.tolist() == [[2, 2, 1, 0]]
+    # rounds: w = .7, .2, .1 over sizes 1, 2, 6, k = 8 -> floors 5, 1, 0, remainder 2 -> 6, 2, 0;
+    # clamp -> 1, 2, 0 (deficit 5); round 1: room = chunk 2 only -> +1; ... 5 rounds -> 1, 2, 5
+    got = holov_allocate(torch.tensor([[7.0, 2.0, 1.0]]), [1, 2, 6], 8)
+    assert got.tolist() == [[1, 2, 5]]
+    # w = .5, .3, .2 over sizes 1, 4, 4, k = 6 -> floors 3, 1, 1, remainder 1 -> 4, 1, 1; clamp -> 1, 1, 1
+    # (deficit 3); round 1: chunks 1, 2 have room, top-2 -> 1, 2, 2 (deficit 1); round 2: chunk 1 -> 1, 3, 2
+    got = holov_allocate(torch.tensor([[5.0, 3.0, 2.0]]), [1, 4, 4], 6)
+    assert got.tolist() == [[1, 3, 2]]
+    # fill: chunk 1 takes the whole deficit -> 1, 4, 1
+    assert holov_allocate(torch.tensor([[5.0, 3.0, 2.0]]), [1, 4, 4], 6, redistribute="fill").tolist() == [[1, 4, 1]]
     # batch rows are independent
     both = holov_allocate(torch.tensor([[6.0, 1.0, 1.0, 2.0], [1.0, 1.0, 1.0, 1.0]]), sizes, 6)
     assert both.tolist() == [[3, 0, 0, 3], [2, 2, 1, 1]]
@@ -145,10 +179,15 @@ def test_holov_select_by_hand():
     x, a = _holov_case()
     # chunk scores ~163.5 and 200 -> w ~ .45, .55 -> k=3: floors 1, 1, remainder -> chunk 1
     # chunk 0 keeps its top-1 by a: token 1; chunk 1 its top-2: 5 (.5), then 3/4 tie -> 3
+    # kept in the reference's output order: chunk by chunk, by a descending inside: 1, 5, 3
     # dropped 0 (.10), 2 (.15), 4 (.05) ranked by a descending: 2, 0, 4
     kept, dropped = holov_select(x, a, 3, num_chunks=2)
-    assert kept.tolist() == [[1, 3, 5]]
+    assert kept.tolist() == [[1, 5, 3]]
     assert dropped.tolist() == [[2, 0, 4]]
+    # k = 5: chunk 1 is kept whole (3) and chunk 0 partly (2: 1 (.20), 2 (.15)); a whole chunk
+    # enters in index order (the reference appends it as it is): 1, 2, then 3, 4, 5
+    kept, dropped = holov_select(x, a, 5, num_chunks=2)
+    assert kept.tolist() == [[1, 2, 3, 4, 5]] and dropped.tolist() == [[0]]
 
 
 # ----------------------------------------------------------------------------- Stage B

@@ -79,12 +79,15 @@ class LlavaLlamaForCausalLM(nn.Module):
             raise RuntimeError("this model has no vision tower loaded")
         return self.model.vision_tower
 
+    def project(self, vis: torch.Tensor) -> torch.Tensor:
+        """mm_projector on pre-projector features (B, m, Dv) -> (B, m, D), in the projector's dtype."""
+        proj_dtype = self.model.mm_projector.parameters().__next__().dtype
+        return self.model.mm_projector(vis.to(proj_dtype))
+
     def encode_images(self, images: torch.Tensor, want_cls_attn: bool = False):
         """(B, 3, H, W) -> vision feats (B, N, Dv), projected (B, N, D), cls_attn (B, N) | None."""
         out = self.get_vision_tower()(images, want_cls_attn=want_cls_attn)
-        proj_dtype = self.model.mm_projector.parameters().__next__().dtype
-        projected = self.model.mm_projector(out.features.to(proj_dtype))
-        return out.features, projected, out.cls_attn
+        return out.features, self.project(out.features), out.cls_attn
 
     def reduce(self, images: torch.Tensor, cfg: ReductionConfig | None,
                keep: Sequence[torch.Tensor] | None = None) -> list[ReductionResult]:
@@ -92,23 +95,32 @@ class LlavaLlamaForCausalLM(nn.Module):
 
         ``keep`` (instead of ``cfg``): per image, the increasing patch indices to keep as they are
         (pure pruning at the original positions; e.g. a training curriculum or an oracle ablation)."""
+        from llava_restore.reduction import needed_inputs, reduce_visual_tokens
+
         tower = self.get_vision_tower()
         if keep is not None:
             if cfg is not None and cfg.method != "none":
                 raise ValueError(f"visual_keep and reduction method {cfg.method!r} are exclusive")
             return self._keep(images, keep)
         active = cfg is not None and cfg.method != "none"
-        vis, proj, cls_attn = self.encode_images(images, want_cls_attn=active)
+        extras = {}
+        if active and {"vis_cls", "attn_keys"} & set(needed_inputs(cfg)):
+            # the tower's CLS feature and attention keys (plain VisionZip) come from one tower pass
+            out = tower(images, want_cls_attn=True, want_keys=True)
+            vis, cls_attn = out.features, out.cls_attn
+            proj = self.project(vis)
+            extras = dict(vis_cls=out.cls_feature, attn_keys=out.attn_keys, projector=self.project)
+        else:
+            vis, proj, cls_attn = self.encode_images(images, want_cls_attn=active)
+            if active:
+                extras = dict(projector=self.project)
         if not active:
             if cfg is not None and cfg.n_vis not in (None, proj.shape[1]):
                 raise ValueError(f"reduction method 'none' keeps all {proj.shape[1]} tokens but n_vis={cfg.n_vis}")
             res = identity_reduction(proj)
         else:
-            from llava_restore.reduction import reduce_visual_tokens
-
-            res = reduce_visual_tokens(proj, cfg, vis_feats=vis, cls_attn=cls_attn, grid_hw=tower.grid_hw)
-        return [ReductionResult(res.features[i:i + 1], res.source[i:i + 1], res.sizes[i:i + 1], res.positions[i:i + 1])
-                for i in range(images.shape[0])]
+            res = reduce_visual_tokens(proj, cfg, vis_feats=vis, cls_attn=cls_attn, grid_hw=tower.grid_hw, **extras)
+        return res.split()
 
     def _keep(self, images: torch.Tensor, keep: Sequence[torch.Tensor]) -> list[ReductionResult]:
         _, proj, _ = self.encode_images(images)  # (B, N, D)

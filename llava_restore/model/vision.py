@@ -17,13 +17,16 @@ from .config import CheckpointError
 class VisionOutput:
     features: torch.Tensor  # (B, N, Dv) features of mm_vision_select_layer
     cls_attn: torch.Tensor | None  # (B, N) CLS->patch attention of that layer, mean over heads
+    cls_feature: torch.Tensor | None = None  # (B, Dv) the CLS token's output of that layer
+    attn_keys: torch.Tensor | None = None  # (B, N, head_dim) that layer's patch keys, mean over heads
 
 
 class CLIPVisionTower(nn.Module):
     """Runs the CLIP encoder up to ``select_layer`` and returns that layer's patch features.
 
     The CLS->patch attention of the same layer is computed on request from the layer's own
-    q/k projections (one query row), so no full attention map is materialised.
+    q/k projections (one query row), so no full attention map is materialised; the same keys,
+    averaged over heads, are VisionZip's similarity metric (``want_keys``).
     """
 
     def __init__(self, vision_model: CLIPVisionModel, select_layer: int = -2, select_feature: str = "patch"):
@@ -58,27 +61,33 @@ class CLIPVisionTower(nn.Module):
         return self.config.hidden_size
 
     @staticmethod
-    def _cls_attention(layer, h: torch.Tensor) -> torch.Tensor:
-        """(B, 1+N, Dv) layer input -> (B, N) CLS-query attention to the patches, mean over heads."""
+    def _layer_attention(layer, h: torch.Tensor, want_cls_attn: bool, want_keys: bool):
+        """(B, 1+N, Dv) layer input -> (cls_attn (B, N) | None: the CLS query's attention to the
+        patches, mean over heads; keys (B, N, d) | None: the patches' keys, mean over heads)."""
         attn = layer.self_attn
         x = layer.layer_norm1(h)
         B, L, _ = x.shape
-        q = attn.q_proj(x[:, :1]).view(B, 1, attn.num_heads, attn.head_dim).transpose(1, 2)  # (B, H, 1, d)
         k = attn.k_proj(x).view(B, L, attn.num_heads, attn.head_dim).transpose(1, 2)  # (B, H, L, d)
-        probs = torch.softmax((q.float() @ k.float().transpose(-1, -2)) * attn.scale, dim=-1)  # (B, H, 1, L)
-        return probs[:, :, 0, 1:].mean(dim=1)  # (B, N)
+        cls_attn = keys = None
+        if want_cls_attn:
+            q = attn.q_proj(x[:, :1]).view(B, 1, attn.num_heads, attn.head_dim).transpose(1, 2)  # (B, H, 1, d)
+            probs = torch.softmax((q.float() @ k.float().transpose(-1, -2)) * attn.scale, dim=-1)  # (B, H, 1, L)
+            cls_attn = probs[:, :, 0, 1:].mean(dim=1)  # (B, N)
+        if want_keys:
+            keys = k[:, :, 1:].float().mean(dim=1)  # (B, N, d)
+        return cls_attn, keys
 
-    def forward(self, pixel_values: torch.Tensor, want_cls_attn: bool = False) -> VisionOutput:
+    def forward(self, pixel_values: torch.Tensor, want_cls_attn: bool = False, want_keys: bool = False) -> VisionOutput:
         vm = self.vision_tower
         h = vm.embeddings(pixel_values.to(dtype=vm.embeddings.patch_embedding.weight.dtype))
         h = vm.pre_layrnorm(h)  # (B, 1+N, Dv)
-        cls_attn = None
+        cls_attn = keys = None
         for i, layer in enumerate(vm.encoder.layers[: self.last_layer + 1]):
-            if want_cls_attn and i == self.last_layer:
-                cls_attn = self._cls_attention(layer, h)
+            if (want_cls_attn or want_keys) and i == self.last_layer:
+                cls_attn, keys = self._layer_attention(layer, h, want_cls_attn, want_keys)
             h = layer(h, None)
         feats = h[:, 1:] if self.select_feature == "patch" else h
-        return VisionOutput(features=feats, cls_attn=cls_attn)
+        return VisionOutput(features=feats, cls_attn=cls_attn, cls_feature=h[:, 0], attn_keys=keys)
 
 
 def build_projector(projector_type: str, mm_hidden: int, hidden: int) -> nn.Module:

@@ -7,17 +7,20 @@ from .config import ReductionConfig, config_field_names, make_reduction_config
 from .distance import distance_bias, rope_decay
 from .divprune import divprune_select
 from .holov import holov_allocate, holov_chunk_scores, holov_select
-from .pipeline import reduce_visual_tokens
+from .pipeline import needed_inputs, reduce_visual_tokens
 from .positions import group_sizes, representative_positions
 from .random_prune import random_select
 from .registry import get_reducer, known_reducers, register_reducer
-from .types import ReductionResult
+from .types import CLS_INDEX, EXTRA_POSITION, PATCH, ReductionResult
 from .uniform import uniform_select
 from .vispruner import vispruner_select
-from .visionzip import visionzip_partition
+from .visionzip import visionzip_counts, visionzip_groups, visionzip_partition, visionzip_tokens
 
 __all__ = [
     "ANCHOR_RULES",
+    "CLS_INDEX",
+    "EXTRA_POSITION",
+    "PATCH",
     "ReductionConfig",
     "ReductionResult",
     "anchor_merge",
@@ -31,6 +34,7 @@ __all__ = [
     "holov_select",
     "known_reducers",
     "make_reduction_config",
+    "needed_inputs",
     "random_select",
     "reduce_visual_tokens",
     "register_reducer",
@@ -39,5 +43,8 @@ __all__ = [
     "tome_partition",
     "uniform_select",
     "vispruner_select",
+    "visionzip_counts",
+    "visionzip_groups",
     "visionzip_partition",
+    "visionzip_tokens",
 ]

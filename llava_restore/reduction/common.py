@@ -90,3 +90,17 @@ def square_grid(n_tokens: int, grid_hw: Optional[tuple[int, int]], who: str) -> 
     if side * side != n_tokens:
         raise ValueError(f"{who}: N={n_tokens} is not a square grid; pass grid_hw=(H, W)")
     return side, side
+
+
+def group_sums(x: torch.Tensor, source: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-group sums and member counts in float32 (entries with source -1 are left out).
+
+    x (B, N, D), source (B, N) long in [-1, n) -> (sums (B, n, D) float32, counts (B, n) float32).
+    """
+    B, N, D = x.shape
+    group = torch.where(source >= 0, source, torch.full_like(source, n))  # (B, N), dropped -> n
+    sums = torch.zeros(B, n + 1, D, dtype=torch.float32, device=x.device)
+    sums.scatter_add_(1, group.unsqueeze(-1).expand(B, N, D), x.float())
+    counts = torch.zeros(B, n + 1, dtype=torch.float32, device=x.device)
+    counts.scatter_add_(1, group, torch.ones(B, N, dtype=torch.float32, device=x.device))
+    return sums[:, :n], counts[:, :n]

@@ -5,6 +5,10 @@ preset.  With ``restore=True`` the defaults are the reference defaults of RESTOR
 (split 0.5, Stage-B merging with the ``reference`` anchor rule, retained lower-median positions,
 size term with layer-0 uniform size, distance term c=2 on all pairs in prefill only).
 Without it, the method prunes to ``n_vis`` with ``reindex`` positions and plain attention.
+
+Every default reproduces the reference implementations' outputs wherever they are
+deterministic (quirks included); each cleaner or older variant is a named option, off by
+default (docs/restore.md, "Deviations and design choices").
 """
 from __future__ import annotations
 
@@ -17,6 +21,10 @@ POSITION_MODES = ("reindex", "retain")
 POSITION_REPS = ("first", "median", "last", "mean")
 DISTANCE_SCOPES = ("all", "visual_keys")
 ATTN_BACKENDS = ("eager", "sdpa", "flex")
+TOKEN_ORDERS = ("reference", "position")
+HOLOV_REDISTRIBUTIONS = ("reference", "fill")
+VISIONZIP_METRICS = ("keys", "projected")
+VISIONZIP_MERGES = ("reference", "mean")
 
 
 @dataclass
@@ -37,10 +45,19 @@ class ReductionConfig:
     distance_in_decode: bool = False
     attn_backend: str = "sdpa"  # eager|sdpa|flex
     seed: int = 0
+    # reference|position: the LLM order of the visual tokens when pruning alone (merge off,
+    # reindex positions); with merging or retained positions they are always ordered by position
+    token_order: str = "reference"
     # method hyper-parameters (reference values)
     vispruner_important_ratio: float = 0.5
     holov_num_chunks: int = 16
+    holov_var_excludes_self: bool = False  # True: variance over the other tokens only (not the reference)
+    holov_single_token_scaled: bool = False  # True: a one-token chunk scores 1000*a (the reference: raw a)
+    holov_redistribute: str = "reference"  # reference|fill: how the clamped excess is handed out
     visionzip_dominant_ratio: float = 54 / 64  # VisionZip's 54 dominant + 10 contextual at 64
+    visionzip_cls: bool = True  # the CLS token is one of the dominant tokens (the reference)
+    visionzip_metric: str = "keys"  # keys|projected: contextual similarity space
+    visionzip_merge: str = "reference"  # reference: target + mean(members) before the projector; mean: projected mean
     kmeans_iters: int = 10
 
     # ---------------------------------------------------------------- helpers
@@ -67,6 +84,10 @@ class ReductionConfig:
         check("position_rep", self.position_rep, POSITION_REPS)
         check("distance_scope", self.distance_scope, DISTANCE_SCOPES)
         check("attn_backend", self.attn_backend, ATTN_BACKENDS)
+        check("token_order", self.token_order, TOKEN_ORDERS)
+        check("holov_redistribute", self.holov_redistribute, HOLOV_REDISTRIBUTIONS)
+        check("visionzip_metric", self.visionzip_metric, VISIONZIP_METRICS)
+        check("visionzip_merge", self.visionzip_merge, VISIONZIP_MERGES)
         if not 0.0 <= self.split_ratio <= 1.0:
             raise ValueError(f"ReductionConfig.split_ratio={self.split_ratio} must be in [0, 1]")
         if self.n_vis is not None and self.n_vis < 1:
@@ -74,6 +95,12 @@ class ReductionConfig:
         if self.distance_c <= 1.0:
             # D(d) ranges in [-1, 1], so c must exceed 1 for log(c - D) to be finite everywhere.
             raise ValueError(f"ReductionConfig.distance_c={self.distance_c} must be > 1")
+
+    @property
+    def reference_order(self) -> bool:
+        """True when the visual tokens enter the LLM in the base method's own output order
+        (plain pruning with ``token_order: reference``); otherwise they are ordered by position."""
+        return self.token_order == "reference" and not self.merge and self.position_mode == "reindex"
 
     @property
     def calibrated(self) -> bool:

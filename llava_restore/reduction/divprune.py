@@ -4,7 +4,9 @@ M = 1 - cos(X_i, X_j).  First pick: argmax over tokens of the second-smallest en
 column of M (its distance to the nearest *other* token).  Next picks: argmax of the minimum
 distance to the picked set.  Ties -> lowest index.  Already-picked tokens are excluded
 explicitly (the reference relies on their zero self-distance, which only differs for exact
-duplicates).
+duplicates).  Output order: pick order, which is how RESTORE's reference hands the tokens to the
+LLM without merging (``token_order: reference``; the original DivPrune code sorts them by patch
+index: ``token_order: position``).
 """
 from __future__ import annotations
 
@@ -43,6 +45,8 @@ def divprune_select(x: torch.Tensor, k: int) -> torch.Tensor:
 
 @register_reducer("divprune")
 class DivPrune(Reducer):
+    emits_order = True
+
     def select(self, inp: ReductionInputs, k: int) -> Selection:
         kept = divprune_select(inp.feats, k)
         return Selection(kept, complement(kept, inp.feats.shape[1]))

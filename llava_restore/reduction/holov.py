@@ -1,28 +1,38 @@
 """HoloV (spec §1): budget allocated across contiguous chunks by a holistic chunk score.
 
+Defaults reproduce the reference implementation (RESTORE's ``HoloV_with_Indices``, itself HoloV's
+official scoring with a redistribution step); each other variant is an option.
+
 Chunks: the flattened sequence cut into ``num_chunks`` contiguous pieces, the first N % C one
 token longer (36 each for N = 576, C = 16).  Inside a chunk of s tokens:
-  S = cosine similarity with the diagonal zeroed;
-  mean_i = sum_{j != i} S_ij / (s - 1);  var_i = sum_{j != i} (S_ij - mean_i)^2 / (s - 1)
-  (spec: "over the other tokens"; the reference code also counts the zeroed diagonal,
-  i.e. adds mean_i^2 / (s - 1): ``var_includes_self=True``);  a chunk of 1 token has var 0;
+  x_hat = x / (|x| + 1e-6) (the reference's normalisation);
+  S = x_hat x_hat^T with the diagonal zeroed;
+  mean_i = sum_j S_ij / (s - 1);
+  var_i = sum_j (S_ij - mean_i)^2 / (s - 1) over the *whole* row, the zeroed diagonal's
+          (0 - mean_i)^2 included (``var_excludes_self=True``: over the other tokens only);
   score_i = 1000 a_i + 0.09 var_i * mean_c|1000 a| / (mean_c|var| + 1e-6);
-  chunk score = mean_c score_i.
+  chunk score = mean_c score_i; a chunk of one token scores its raw a
+  (``single_token_scaled=True``: 1000 a).
 Allocation of k: w_c = score_c / (sum score + 1e-6); floor(w_c k); the remainder +1 each to the
-highest weights; clamp to chunk sizes and give any shortfall to the chunks with room, highest
-weight first.  Each chunk keeps its top tokens by a.  Dropped tokens are ranked by a descending.
+highest weights; then the excess over the chunk sizes is clamped and handed out again:
+  redistribute='reference': rounds of +1 to each of the top-`deficit` chunks with room, by weight;
+  redistribute='fill': the chunks with room in weight order, each filled as far as the deficit goes.
+Each chunk keeps its top tokens by a.  Output order (the reference's): chunk by chunk; inside a
+partly kept chunk by a descending, a fully kept chunk in index order.  Dropped tokens are ranked
+by a descending (the order Stage B receives them in).  Ties -> lowest index everywhere.
 """
 from __future__ import annotations
 
 import torch
 
 from .base import Reducer, ReductionInputs, Selection
-from .common import argsort_desc, complement, mask_to_indices, normalize
+from .common import argsort_desc, complement
+from .config import HOLOV_REDISTRIBUTIONS
 from .registry import register_reducer
 
 ATTN_SCALE = 1000.0
 VAR_WEIGHT = 0.09
-EPS = 1e-6
+EPS = 1e-6  # the reference's epsilon (normalisation, variance scaling, weights)
 
 
 def chunk_sizes(n_tokens: int, num_chunks: int) -> list[int]:
@@ -45,44 +55,67 @@ def _padded_chunks(n_tokens: int, sizes: list[int], device) -> tuple[torch.Tenso
 
 
 def holov_chunk_scores(
-    x: torch.Tensor, cls_attn: torch.Tensor, sizes: list[int], var_includes_self: bool = False
+    x: torch.Tensor,
+    cls_attn: torch.Tensor,
+    sizes: list[int],
+    var_excludes_self: bool = False,
+    single_token_scaled: bool = False,
 ) -> torch.Tensor:
     """Chunk scores.  x (B, N, D), cls_attn (B, N) -> (B, C) float32."""
     B, N, _ = x.shape
     idx, valid = _padded_chunks(N, sizes, x.device)  # (C, smax)
     C, smax = idx.shape
-    xn = normalize(x)[:, idx.flatten()].view(B, C, smax, -1)  # (B, C, smax, D)
+    xf = x.float()
+    xn = xf / (xf.norm(dim=-1, keepdim=True) + EPS)  # (B, N, D), the reference's normalisation
+    xn = xn[:, idx.flatten()].view(B, C, smax, -1)  # (B, C, smax, D)
     pair = valid.unsqueeze(2) & valid.unsqueeze(1) & ~torch.eye(smax, dtype=torch.bool, device=x.device)
     S = (xn @ xn.transpose(-1, -2)) * pair  # (B, C, smax, smax), diagonal and pads zeroed
     size = torch.tensor(sizes, dtype=torch.float32, device=x.device)  # (C,)
     others = (size - 1).clamp(min=1).view(1, C, 1)
     mean = S.sum(-1) / others  # (B, C, smax)
-    var = (((S - mean.unsqueeze(-1)) ** 2) * pair).sum(-1) / others
-    if var_includes_self:
-        var = var + mean**2 / others
-    var = var * valid  # size-1 chunks and pads: 0
+    row = pair if var_excludes_self else valid.unsqueeze(2) & valid.unsqueeze(1)  # entries of the variance
+    var = (((S - mean.unsqueeze(-1)) ** 2) * row).sum(-1) / others
+    var = var * valid  # pads: 0
     a = ATTN_SCALE * cls_attn.float()[:, idx.flatten()].view(B, C, smax) * valid
     mean_abs_a = a.abs().sum(-1) / size  # (B, C)
     mean_abs_var = var.abs().sum(-1) / size
     token_score = a + VAR_WEIGHT * var * (mean_abs_a / (mean_abs_var + EPS)).unsqueeze(-1)
-    return (token_score * valid).sum(-1) / size  # (B, C)
+    scores = (token_score * valid).sum(-1) / size  # (B, C)
+    if not single_token_scaled:
+        single = size == 1  # (C,) the reference scores a one-token chunk by its raw attention
+        scores = torch.where(single, cls_attn.float()[:, idx[:, 0]], scores)
+    return scores
 
 
-def holov_allocate(chunk_scores: torch.Tensor, sizes: list[int], k: int) -> torch.Tensor:
+def _rank(values: torch.Tensor) -> torch.Tensor:
+    """Rank of every entry in a stable descending sort along the last dim.  (B, C) -> (B, C) long."""
+    order = argsort_desc(values)
+    return torch.empty_like(order).scatter_(1, order, torch.arange(values.shape[1], device=values.device).expand_as(order))
+
+
+def holov_allocate(chunk_scores: torch.Tensor, sizes: list[int], k: int, redistribute: str = "reference") -> torch.Tensor:
     """Budget per chunk.  chunk_scores (B, C) -> (B, C) long summing to k, each <= its size."""
+    if redistribute not in HOLOV_REDISTRIBUTIONS:
+        raise ValueError(f"holov: redistribute={redistribute!r} is not one of {list(HOLOV_REDISTRIBUTIONS)}")
     B, C = chunk_scores.shape
     cap = torch.tensor(sizes, dtype=torch.long, device=chunk_scores.device).expand(B, C)
     if k > int(cap[0].sum()):
         raise ValueError(f"holov: k={k} exceeds the N={int(cap[0].sum())} tokens")
     w = chunk_scores / (chunk_scores.sum(-1, keepdim=True) + EPS)  # (B, C)
     alloc = torch.floor(w * k).long()
-    order = argsort_desc(w)  # (B, C) chunks by weight, ties -> lowest chunk
-    rank = torch.empty_like(order).scatter_(1, order, torch.arange(C, device=w.device).expand(B, C))
     remainder = (k - alloc.sum(-1, keepdim=True)).clamp(min=0)  # (B, 1)
-    alloc = alloc + (rank < remainder).long()
-    alloc = torch.minimum(alloc, cap)
+    alloc = torch.minimum(alloc + (_rank(w) < remainder).long(), cap)
+    if redistribute == "reference":
+        for _ in range(k):  # each round gives at least one token while any is missing
+            deficit = k - alloc.sum(-1, keepdim=True)  # (B, 1)
+            if not bool((deficit > 0).any()):
+                break
+            room = alloc < cap  # (B, C)
+            alloc = alloc + ((_rank(w.masked_fill(~room, float("-inf"))) < deficit) & room).long()
+        return alloc
+    order = argsort_desc(w)  # 'fill': highest weight first, each chunk filled as far as it goes
     shortfall = k - alloc.sum(-1)  # (B,)
-    for j in range(C):  # highest weight first
+    for j in range(C):
         c = order[:, j : j + 1]  # (B, 1)
         room = (cap.gather(1, c) - alloc.gather(1, c)).squeeze(1)
         give = torch.minimum(room, shortfall)
@@ -96,23 +129,33 @@ def holov_select(
     cls_attn: torch.Tensor,
     k: int,
     num_chunks: int = 16,
-    var_includes_self: bool = False,
+    var_excludes_self: bool = False,
+    single_token_scaled: bool = False,
+    redistribute: str = "reference",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """x (B, N, D) projected, cls_attn (B, N) ->
-    (kept (B, k) ascending, dropped (B, N - k) ranked by cls_attn descending, ties -> lowest)."""
+    (kept (B, k) in the reference's output order: chunk by chunk, a partly kept chunk by a
+     descending, a fully kept chunk ascending;
+     dropped (B, N - k) ranked by cls_attn descending, ties -> lowest index)."""
     B, N, _ = x.shape
     if not 0 <= k <= N:
         raise ValueError(f"holov: k={k} must be in 0..N={N}")
     sizes = chunk_sizes(N, num_chunks)
-    alloc = holov_allocate(holov_chunk_scores(x, cls_attn, sizes, var_includes_self), sizes, k)  # (B, C)
+    scores = holov_chunk_scores(x, cls_attn, sizes, var_excludes_self, single_token_scaled)
+    alloc = holov_allocate(scores, sizes, k, redistribute)  # (B, C)
     idx, valid = _padded_chunks(N, sizes, x.device)
     C, smax = idx.shape
     a = cls_attn.float()[:, idx.flatten()].view(B, C, smax).masked_fill(~valid, float("-inf"))
     order = argsort_desc(a)  # (B, C, smax) within-chunk, ties -> lowest slot
     rank = torch.empty_like(order).scatter_(2, order, torch.arange(smax, device=x.device).expand(B, C, smax))
     keep = (rank < alloc.unsqueeze(-1)) & valid  # (B, C, smax)
-    keep_tok = keep.flatten(1)[:, valid.flatten()]  # (B, N): valid slots are tokens 0..N-1 in order
-    kept = mask_to_indices(keep_tok, k)
+    full = (alloc == torch.tensor(sizes, device=x.device)).unsqueeze(-1)  # (B, C, 1) chunk kept whole
+    slot = torch.arange(smax, device=x.device)
+    within = torch.where(full, slot, rank)  # (B, C, smax) rank of a kept token in its chunk's output
+    chunk = torch.arange(C, device=x.device).view(1, C, 1)
+    key = torch.where(keep, chunk * smax + within, C * smax)  # emission order; not kept -> last
+    emit = torch.sort(key.flatten(1), dim=1, stable=True).indices[:, :k]  # (B, k) flat slots
+    kept = idx.flatten().expand(B, -1).gather(1, emit)  # (B, k) token indices
     dropped = complement(kept, N)  # ascending
     by_attn = argsort_desc(cls_attn.float().gather(1, dropped))
     return kept, dropped.gather(1, by_attn)
@@ -121,7 +164,10 @@ def holov_select(
 @register_reducer("holov")
 class HoloV(Reducer):
     needs_cls_attn = True
+    emits_order = True
 
     def select(self, inp: ReductionInputs, k: int) -> Selection:
-        kept, dropped = holov_select(inp.feats, inp.cls_attn, k, inp.cfg.holov_num_chunks)
+        c = inp.cfg
+        kept, dropped = holov_select(inp.feats, inp.cls_attn, k, c.holov_num_chunks, c.holov_var_excludes_self,
+                                     c.holov_single_token_scaled, c.holov_redistribute)
         return Selection(kept, dropped)

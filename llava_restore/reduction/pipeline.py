@@ -1,7 +1,7 @@
 """The main entry point: reduce N projected visual tokens to n (spec §1-§4)."""
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 
@@ -14,22 +14,38 @@ from .registry import get_reducer, known_reducers
 from .types import ReductionResult
 
 
-def _check_inputs(feats, vis_feats, cls_attn, reducer, method: str) -> None:
-    if feats.dim() != 3:
-        raise ValueError(f"feats must be (B, N, D), got shape {tuple(feats.shape)}")
-    B, N, _ = feats.shape
-    if reducer.needs_cls_attn:
-        if cls_attn is None:
-            raise ValueError(f"method {method!r} needs cls_attn (B, N) = (B, {N}); got None")
-        if tuple(cls_attn.shape) != (B, N):
-            raise ValueError(f"cls_attn shape {tuple(cls_attn.shape)} != (B, N) = {(B, N)}")
-        if bool((cls_attn < 0).any()):
+def _check_inputs(inp: ReductionInputs, needed: tuple[str, ...], method: str) -> None:
+    B, N, _ = inp.feats.shape
+    for name in needed:
+        value = getattr(inp, name)
+        if value is None:
+            what = {"cls_attn": f"cls_attn (B, N) = (B, {N})", "vis_feats": f"vis_feats (B, N, Dv) with N={N}",
+                    "vis_cls": "vis_cls (B, Dv)", "attn_keys": f"attn_keys (B, N, dk) with N={N}",
+                    "projector": "projector (the mm_projector, (B, m, Dv) -> (B, m, D))"}[name]
+            raise ValueError(f"method {method!r} needs {what}; got None")
+    if inp.cls_attn is not None and "cls_attn" in needed:
+        if tuple(inp.cls_attn.shape) != (B, N):
+            raise ValueError(f"cls_attn shape {tuple(inp.cls_attn.shape)} != (B, N) = {(B, N)}")
+        if bool((inp.cls_attn < 0).any()):
             raise ValueError(f"cls_attn for method {method!r} must be attention probabilities (>= 0)")
-    if reducer.needs_vis_feats:
-        if vis_feats is None:
-            raise ValueError(f"method {method!r} needs vis_feats (B, N, Dv) with N={N}; got None")
-        if vis_feats.dim() != 3 or tuple(vis_feats.shape[:2]) != (B, N):
-            raise ValueError(f"vis_feats shape {tuple(vis_feats.shape)} != (B, N, Dv) with (B, N) = {(B, N)}")
+    for name in ("vis_feats", "attn_keys"):
+        value = getattr(inp, name)
+        if value is not None and name in needed and (value.dim() != 3 or tuple(value.shape[:2]) != (B, N)):
+            raise ValueError(f"{name} shape {tuple(value.shape)} != (B, N, d) with (B, N) = {(B, N)}")
+    if inp.vis_cls is not None and "vis_cls" in needed:
+        if inp.vis_cls.dim() != 2 or inp.vis_cls.shape[0] != B:
+            raise ValueError(f"vis_cls shape {tuple(inp.vis_cls.shape)} != (B, Dv) with B = {B}")
+        if inp.vis_feats is not None and inp.vis_cls.shape[-1] != inp.vis_feats.shape[-1]:
+            raise ValueError(f"vis_cls width {inp.vis_cls.shape[-1]} != vis_feats width {inp.vis_feats.shape[-1]}")
+
+
+def needed_inputs(cfg: ReductionConfig) -> tuple[str, ...]:
+    """Names of the optional inputs of ``reduce_visual_tokens`` that ``cfg`` needs (e.g.
+    ("cls_attn", "attn_keys", "vis_feats", "projector", "vis_cls") for plain VisionZip); () for
+    method 'none' or an unknown method (``reduce_visual_tokens`` names the problem)."""
+    if cfg.method == "none" or cfg.method not in known_reducers():
+        return ()
+    return get_reducer(cfg.method).needs(cfg)
 
 
 def reduce_visual_tokens(
@@ -40,16 +56,23 @@ def reduce_visual_tokens(
     cls_attn: Optional[torch.Tensor] = None,
     grid_hw: Optional[tuple[int, int]] = None,
     generator: Optional[torch.Generator] = None,
+    vis_cls: Optional[torch.Tensor] = None,
+    attn_keys: Optional[torch.Tensor] = None,
+    projector: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
 ) -> ReductionResult:
     """Reduce feats (B, N, D) to n = cfg.n_vis tokens per sample.
 
-    vis_feats (B, N, Dv): pre-projector features of the same layer (VisPruner's similarity).
+    vis_feats (B, N, Dv): pre-projector features of the same layer (VisPruner's similarity,
+      VisionZip's merge before the projector).
     cls_attn (B, N): CLS->patch attention averaged over heads (VisPruner, HoloV, VisionZip).
     grid_hw: the patch grid (H, W) (uniform; default: square).
     generator: when given, one draw from it replaces cfg.seed (random / kmeans); the same seed
-    is used for every sample, so no sample's result depends on the rest of its batch.
+      is used for every sample, so no sample's result depends on the rest of its batch.
+    vis_cls (B, Dv), attn_keys (B, N, dk), projector ((B, m, Dv) -> (B, m, D)): the CLS token's
+      feature, the layer's attention keys (head mean) and the mm_projector (plain VisionZip).
     Stage A keeps n_keep = floor(n * split_ratio) (merge on) or n tokens; Stage B merges the
-    pruned ones into n - n_keep anchors.  Output ordered by representative position.
+    pruned ones into n - n_keep anchors.  Output order: the base method's own output order when
+    pruning alone with ``token_order: reference`` (``cfg.reference_order``), else by position.
     """
     if cfg.merge is None or cfg.position_mode is None:
         raise ValueError("reduce_visual_tokens needs a resolved ReductionConfig (call cfg.resolve())")
@@ -71,7 +94,6 @@ def reduce_visual_tokens(
     reducer = get_reducer(cfg.method)
     if n == N and not cfg.merge:
         return identity_result(feats)
-    _check_inputs(feats, vis_feats, cls_attn, reducer, cfg.method)
     inp = ReductionInputs(
         feats=feats,
         cfg=cfg,
@@ -79,6 +101,12 @@ def reduce_visual_tokens(
         vis_feats=vis_feats,
         cls_attn=cls_attn,
         grid_hw=grid_hw,
+        vis_cls=vis_cls,
+        attn_keys=attn_keys,
+        projector=projector,
     )
-    source = reducer.partition(inp, n)  # (B, N) in [-1, n)
-    return build_result(feats, source, n, cfg.position_rep)
+    _check_inputs(inp, reducer.needs(cfg), cfg.method)
+    part = reducer.partition(inp, n)  # member map (B, N) in [-1, n), group ids in the method's order
+    by_position = not (cfg.reference_order and reducer.emits_order)
+    return build_result(feats, part.source, n, cfg.position_rep, by_position=by_position,
+                        features=part.features, extra=part.extra)

@@ -7,14 +7,12 @@ the same groups, plus RESTORE's retained positions and attention calibration.
 """
 from __future__ import annotations
 
-import torch
-
-from .base import Reducer, ReductionInputs
+from .base import Partition, Reducer, ReductionInputs
 from .bipartite import tome_partition
 from .registry import register_reducer
 
 
 @register_reducer("tome")
 class ToMe(Reducer):
-    def partition(self, inp: ReductionInputs, n: int) -> torch.Tensor:
-        return tome_partition(inp.feats, n)[0]
+    def partition(self, inp: ReductionInputs, n: int) -> Partition:
+        return Partition(tome_partition(inp.feats, n)[0])
