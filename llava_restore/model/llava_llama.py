@@ -89,38 +89,41 @@ class LlavaLlamaForCausalLM(nn.Module):
         out = self.get_vision_tower()(images, want_cls_attn=want_cls_attn)
         return out.features, self.project(out.features), out.cls_attn
 
+    def encode_for_reduction(self, images: torch.Tensor, cfg: ReductionConfig) -> tuple[torch.Tensor, dict]:
+        """(B, 3, H, W) -> (projected (B, N, D), the keyword inputs of ``reduce_visual_tokens`` that
+        ``cfg`` uses: vis_feats, cls_attn, grid_hw, projector and, for plain VisionZip, vis_cls and
+        attn_keys), from one tower pass."""
+        from llava_restore.reduction import needed_inputs
+
+        tower = self.get_vision_tower()
+        if {"vis_cls", "attn_keys"} & set(needed_inputs(cfg)):
+            out = tower(images, want_cls_attn=True, want_keys=True)
+            vis, cls_attn, proj = out.features, out.cls_attn, self.project(out.features)
+            extras = dict(vis_cls=out.cls_feature, attn_keys=out.attn_keys)
+        else:  # through encode_images, which callers may replace (cached features)
+            vis, proj, cls_attn = self.encode_images(images, want_cls_attn=True)
+            extras = {}
+        return proj, dict(vis_feats=vis, cls_attn=cls_attn, grid_hw=tower.grid_hw, projector=self.project, **extras)
+
     def reduce(self, images: torch.Tensor, cfg: ReductionConfig | None,
                keep: Sequence[torch.Tensor] | None = None) -> list[ReductionResult]:
         """Encode and reduce every image; returns one single-sample result per image.
 
         ``keep`` (instead of ``cfg``): per image, the increasing patch indices to keep as they are
         (pure pruning at the original positions; e.g. a training curriculum or an oracle ablation)."""
-        from llava_restore.reduction import needed_inputs, reduce_visual_tokens
-
-        tower = self.get_vision_tower()
         if keep is not None:
             if cfg is not None and cfg.method != "none":
                 raise ValueError(f"visual_keep and reduction method {cfg.method!r} are exclusive")
             return self._keep(images, keep)
-        active = cfg is not None and cfg.method != "none"
-        extras = {}
-        if active and {"vis_cls", "attn_keys"} & set(needed_inputs(cfg)):
-            # the tower's CLS feature and attention keys (plain VisionZip) come from one tower pass
-            out = tower(images, want_cls_attn=True, want_keys=True)
-            vis, cls_attn = out.features, out.cls_attn
-            proj = self.project(vis)
-            extras = dict(vis_cls=out.cls_feature, attn_keys=out.attn_keys, projector=self.project)
-        else:
-            vis, proj, cls_attn = self.encode_images(images, want_cls_attn=active)
-            if active:
-                extras = dict(projector=self.project)
-        if not active:
+        if cfg is None or cfg.method == "none":
+            _, proj, _ = self.encode_images(images)
             if cfg is not None and cfg.n_vis not in (None, proj.shape[1]):
                 raise ValueError(f"reduction method 'none' keeps all {proj.shape[1]} tokens but n_vis={cfg.n_vis}")
-            res = identity_reduction(proj)
-        else:
-            res = reduce_visual_tokens(proj, cfg, vis_feats=vis, cls_attn=cls_attn, grid_hw=tower.grid_hw, **extras)
-        return res.split()
+            return identity_reduction(proj).split()
+        from llava_restore.reduction import reduce_visual_tokens
+
+        proj, inputs = self.encode_for_reduction(images, cfg)
+        return reduce_visual_tokens(proj, cfg, **inputs).split()
 
     def _keep(self, images: torch.Tensor, keep: Sequence[torch.Tensor]) -> list[ReductionResult]:
         _, proj, _ = self.encode_images(images)  # (B, N, D)
