@@ -62,6 +62,8 @@ def eval_command(ev: EvalSettings, red: ReductionConfig, benchmark: str, out_roo
     for flag, value in optional.items():
         if value is not None:
             cmd += [flag, str(value)]
+    if ev.vision_cache:
+        cmd += ["--vision-cache", str(ev.vision_cache)]
     if red.method != "none":
         cmd += ["--reduction", red.method, "--n-vis", str(red.n_vis)]
     if red.restore:

@@ -28,6 +28,7 @@ class EvalSettings:
     num_beams: int = 1
     max_new_tokens: Optional[int] = None  # None: the benchmark's LLaVA-1.5 value
     batch_size: int = 1
+    vision_cache: int = 0  # eval.run --vision-cache: reuse tower outputs for repeated images (0 = off)
     device: Optional[str] = None  # None: cuda when available
     dtype: Optional[str] = None  # None: eval.run's auto (float16 on GPU, float32 on CPU)
     attn_impl: Optional[str] = None  # None: the reduction config's attn_backend

@@ -42,6 +42,7 @@ from llava_restore.model.config import CheckpointError
 from llava_restore.model.attention import SDPA_KERNELS, sdpa_kernels
 from llava_restore.model.conversation import build_prompt, conv_templates
 from llava_restore.model.mm_utils import ImageLoadError, load_image, pad_sequences, process_images, tokenizer_image_token
+from llava_restore.model.vision import VisionCache
 from llava_restore.reduction.cli import add_reduction_args, reduction_config_from_args
 from llava_restore.reduction.config import ATTN_BACKENDS, ReductionConfig
 
@@ -216,6 +217,9 @@ class GenSettings:
     attn_impl: Optional[str] = None  # None: the reduction config's backend, else the model's
     sdpa_kernel: str = "no-cudnn"  # which torch SDPA back-ends the sdpa backend may use (SDPA_KERNELS)
     skip_missing_images: bool = False
+    # images whose vision-tower outputs are kept for the run's later questions about them (0 = off).
+    # Answers are unchanged; prefill timings then exclude the tower for repeated images
+    vision_cache: int = 0
     seed: int = 0
     progress: bool = True
 
@@ -269,6 +273,10 @@ def add_decoding_args(ap: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, default=0, help="sampling seed (temperature > 0 only)")
     g.add_argument("--skip-missing-images", action="store_true",
                    help="skip questions whose image cannot be loaded, recording them in errors.jsonl")
+    g.add_argument("--vision-cache", type=int, default=0, metavar="N",
+                   help="keep the vision tower's outputs of the last N distinct images and reuse them for later "
+                        "questions about the same image (same answers; prefill timings then exclude the tower "
+                        "for repeats); 0 = off")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_reduction_args(ap)
 
@@ -281,6 +289,8 @@ def settings_from_args(args: argparse.Namespace, adapter: Adapter, parser: argpa
         parser.error(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.pad_multiple < 1:
         parser.error(f"--pad-to-multiple-of must be >= 1, got {args.pad_multiple}")
+    if args.vision_cache < 0:
+        parser.error(f"--vision-cache must be >= 0 (0 = off), got {args.vision_cache}")
     if args.num_beams != 1:
         parser.error(f"--num_beams {args.num_beams}: only 1 is supported (LLaVA-1.5 evaluates with 1)")
     if args.temperature < 0:
@@ -300,7 +310,7 @@ def settings_from_args(args: argparse.Namespace, adapter: Adapter, parser: argpa
                        num_beams=args.num_beams, max_new_tokens=max_new, batch_size=args.batch_size,
                        pad_multiple=args.pad_multiple,
                        reduction=cfg, attn_impl=args.attn_impl, sdpa_kernel=args.sdpa_kernel,
-                       skip_missing_images=args.skip_missing_images,
+                       skip_missing_images=args.skip_missing_images, vision_cache=args.vision_cache,
                        seed=args.seed, progress=not args.no_progress)
 
 
@@ -443,7 +453,8 @@ class SkipLog:
 # ----------------------------------------------------------------------------- the core
 
 def answer_batch(bundle: ModelBundle, batch: List[tuple], settings: GenSettings,
-                 generator: Optional[torch.Generator], timer: PrefillTimer) -> tuple:
+                 generator: Optional[torch.Generator], timer: PrefillTimer,
+                 vision_cache: Optional[VisionCache] = None) -> tuple:
     """Generate for ``[(sample, image or None), ...]``; returns (texts, generate seconds)."""
     tok, model, dev = bundle.tokenizer, bundle.model, bundle.device
     ids = [tokenizer_image_token(build_prompt(s.question, settings.conv_mode), tok, return_tensors="pt")
@@ -464,7 +475,8 @@ def answer_batch(bundle: ModelBundle, batch: List[tuple], settings: GenSettings,
         out = model.generate(input_ids.to(dev), mask.to(dev), images, reduction=settings.reduction,
                              max_new_tokens=settings.max_new_tokens, do_sample=settings.temperature > 0,
                              temperature=settings.temperature, top_p=settings.top_p, num_beams=settings.num_beams,
-                             use_cache=True, attn_backend=settings.attn_impl, generator=generator)  # (B, T)
+                             use_cache=True, attn_backend=settings.attn_impl, generator=generator,
+                             vision_cache=vision_cache)  # (B, T)
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
     texts = [t.strip() for t in tok.batch_decode(out.cpu(), skip_special_tokens=True)]
@@ -497,11 +509,12 @@ def generate_chunk(get_bundle: Callable[[], ModelBundle], chunk: Sequence[Sample
             generator = torch.Generator(bundle.device).manual_seed(settings.seed)
         t_start = time.perf_counter()
         bar = tqdm(total=len(pending), desc=answers_file.name, disable=not settings.progress, unit="q")
+        cache = VisionCache(settings.vision_cache) if settings.vision_cache else None
 
         def flush(batch: List[tuple]) -> None:
             if not batch:
                 return
-            texts, gen_s = answer_batch(bundle, batch, settings, generator, timer)
+            texts, gen_s = answer_batch(bundle, batch, settings, generator, timer, cache)
             for (s, _), text in zip(batch, texts):
                 writer.write({**s.head, "text": text, **s.tail, "answer_id": answer_id(bundle.model_id, s.key),
                               "model_id": bundle.model_id, "metadata": {}})
@@ -539,6 +552,8 @@ def generate_chunk(get_bundle: Callable[[], ModelBundle], chunk: Sequence[Sample
                 stats["wall_s"] = time.perf_counter() - t_start
                 stats["peak_memory_mb"], stats["peak_memory_kind"] = peak_memory(bundle.device)
                 stats["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+                if cache is not None:
+                    stats["vision_cache"] = {"max_images": cache.max_images, "hits": cache.hits, "misses": cache.misses}
                 append_stats(answers_file, stats)
         return stats
     finally:

@@ -241,7 +241,8 @@ def main(argv=None) -> Optional[dict]:
                          "model_id": model_name_from_path(args.model_path)},
                "reduction": identity["reduction"], "reduction_slug": reduction_slug(settings.reduction),
                "generation": {**settings.decoding(), "batch_size": settings.batch_size, "attn_impl": args.attn_impl,
-                              "sdpa_kernel": args.sdpa_kernel, "dtype": args.dtype, "device": args.device},
+                              "sdpa_kernel": args.sdpa_kernel, "dtype": args.dtype, "device": args.device,
+                              "vision_cache": settings.vision_cache},
                "identity_hash": identity_hash(identity), "argv": sys.argv if argv is None else list(argv)}
     result = finalize(bench, samples, key_fn, run_dir, args.num_chunks, files, question_file, context)
     m = result["main_metric"]

@@ -21,7 +21,7 @@ from llava_restore.reduction.types import ReductionResult
 from .attention import AttnContext
 from .config import LlavaConfig
 from .llama import KVCache, LlamaDecoder
-from .vision import CLIPVisionTower, build_projector
+from .vision import CLIPVisionTower, VisionCache, VisionOutput, build_projector
 
 
 class LlavaLlamaModel(LlamaDecoder):
@@ -84,12 +84,21 @@ class LlavaLlamaForCausalLM(nn.Module):
         proj_dtype = self.model.mm_projector.parameters().__next__().dtype
         return self.model.mm_projector(vis.to(proj_dtype))
 
-    def encode_images(self, images: torch.Tensor, want_cls_attn: bool = False):
+    def run_tower(self, images: torch.Tensor, want_cls_attn: bool = False, want_keys: bool = False,
+                  vision_cache: VisionCache | None = None) -> VisionOutput:
+        """The vision tower on (B, 3, H, W), through ``vision_cache`` when one is given."""
+        tower = self.get_vision_tower()
+        if vision_cache is None:
+            return tower(images, want_cls_attn=want_cls_attn, want_keys=want_keys)
+        return vision_cache(tower, images, want_cls_attn=want_cls_attn, want_keys=want_keys)
+
+    def encode_images(self, images: torch.Tensor, want_cls_attn: bool = False, vision_cache: VisionCache | None = None):
         """(B, 3, H, W) -> vision feats (B, N, Dv), projected (B, N, D), cls_attn (B, N) | None."""
-        out = self.get_vision_tower()(images, want_cls_attn=want_cls_attn)
+        out = self.run_tower(images, want_cls_attn=want_cls_attn, vision_cache=vision_cache)
         return out.features, self.project(out.features), out.cls_attn
 
-    def encode_for_reduction(self, images: torch.Tensor, cfg: ReductionConfig) -> tuple[torch.Tensor, dict]:
+    def encode_for_reduction(self, images: torch.Tensor, cfg: ReductionConfig,
+                             vision_cache: VisionCache | None = None) -> tuple[torch.Tensor, dict]:
         """(B, 3, H, W) -> (projected (B, N, D), the keyword inputs of ``reduce_visual_tokens`` that
         ``cfg`` uses: vis_feats, cls_attn, grid_hw, projector and, for plain VisionZip, vis_cls and
         attn_keys), from one tower pass."""
@@ -97,16 +106,17 @@ class LlavaLlamaForCausalLM(nn.Module):
 
         tower = self.get_vision_tower()
         if {"vis_cls", "attn_keys"} & set(needed_inputs(cfg)):
-            out = tower(images, want_cls_attn=True, want_keys=True)
+            out = self.run_tower(images, want_cls_attn=True, want_keys=True, vision_cache=vision_cache)
             vis, cls_attn, proj = out.features, out.cls_attn, self.project(out.features)
             extras = dict(vis_cls=out.cls_feature, attn_keys=out.attn_keys)
         else:  # through encode_images, which callers may replace (cached features)
-            vis, proj, cls_attn = self.encode_images(images, want_cls_attn=True)
+            vis, proj, cls_attn = self.encode_images(images, want_cls_attn=True, vision_cache=vision_cache)
             extras = {}
         return proj, dict(vis_feats=vis, cls_attn=cls_attn, grid_hw=tower.grid_hw, projector=self.project, **extras)
 
     def reduce(self, images: torch.Tensor, cfg: ReductionConfig | None,
-               keep: Sequence[torch.Tensor] | None = None) -> list[ReductionResult]:
+               keep: Sequence[torch.Tensor] | None = None,
+               vision_cache: VisionCache | None = None) -> list[ReductionResult]:
         """Encode and reduce every image; returns one single-sample result per image.
 
         ``keep`` (instead of ``cfg``): per image, the increasing patch indices to keep as they are
@@ -116,13 +126,13 @@ class LlavaLlamaForCausalLM(nn.Module):
                 raise ValueError(f"visual_keep and reduction method {cfg.method!r} are exclusive")
             return self._keep(images, keep)
         if cfg is None or cfg.method == "none":
-            _, proj, _ = self.encode_images(images)
+            _, proj, _ = self.encode_images(images, vision_cache=vision_cache)
             if cfg is not None and cfg.n_vis not in (None, proj.shape[1]):
                 raise ValueError(f"reduction method 'none' keeps all {proj.shape[1]} tokens but n_vis={cfg.n_vis}")
             return identity_reduction(proj).split()
         from llava_restore.reduction import reduce_visual_tokens
 
-        proj, inputs = self.encode_for_reduction(images, cfg)
+        proj, inputs = self.encode_for_reduction(images, cfg, vision_cache=vision_cache)
         return reduce_visual_tokens(proj, cfg, **inputs).split()
 
     def _keep(self, images: torch.Tensor, keep: Sequence[torch.Tensor]) -> list[ReductionResult]:
@@ -146,7 +156,8 @@ class LlavaLlamaForCausalLM(nn.Module):
     # ------------------------------------------------------------- preparation
     def prepare_multimodal(self, input_ids, attention_mask=None, images=None, labels=None,
                            reduction: ReductionConfig | None = None, padding_side: str = "right",
-                           visual_keep: Sequence[torch.Tensor] | None = None) -> Prepared:
+                           visual_keep: Sequence[torch.Tensor] | None = None,
+                           vision_cache: VisionCache | None = None) -> Prepared:
         """Splice (reduced) visual tokens into each sample at its ``IMAGE_TOKEN_INDEX`` placeholders.
         ``visual_keep``: see ``reduce``; the kept tokens keep their original positions."""
         B, L = input_ids.shape
@@ -162,7 +173,7 @@ class LlavaLlamaForCausalLM(nn.Module):
             raise ValueError(f"found {n_placeholders} image placeholders in input_ids (per sample {per}) "
                              f"but {n_images} images were given")
         retain = visual_keep is not None or (reduction is not None and reduction.position_mode == "retain")
-        reds = self.reduce(images, reduction, keep=visual_keep) if n_images else []
+        reds = self.reduce(images, reduction, keep=visual_keep, vision_cache=vision_cache) if n_images else []
         text_emb = self.model.embed_tokens(input_ids.masked_fill(input_ids < 0, 0))  # (B, L, D)
 
         rows, img_i = [], 0
@@ -242,7 +253,7 @@ class LlavaLlamaForCausalLM(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask=None, images=None, labels=None,
                 reduction: ReductionConfig | None = None, cache: KVCache | None = None, use_cache: bool = False,
                 padding_side: str = "right", attn_backend: str | None = None, last_logits_only: bool = False,
-                visual_keep: Sequence[torch.Tensor] | None = None) -> LlavaOutput:
+                visual_keep: Sequence[torch.Tensor] | None = None, vision_cache: VisionCache | None = None) -> LlavaOutput:
         """Prefill (``cache`` None or empty) or one decode step of new text tokens (B, T).
 
         ``visual_keep``: per image, the patch indices to keep at their original positions (see ``reduce``).
@@ -255,7 +266,8 @@ class LlavaLlamaForCausalLM(nn.Module):
             reduction = reduction.resolve()
         if cache is not None and cache.length > 0:
             return self._decode(input_ids, reduction, cache, attn_backend)
-        prep = self.prepare_multimodal(input_ids, attention_mask, images, labels, reduction, padding_side, visual_keep)
+        prep = self.prepare_multimodal(input_ids, attention_mask, images, labels, reduction, padding_side, visual_keep,
+                                       vision_cache)
         cache = KVCache() if (use_cache or cache is not None) else None
         meta = cache if cache is not None else KVCache()
         meta.key_valid, meta.key_pos, meta.key_visual = prep.valid, prep.positions, prep.visual
@@ -289,8 +301,9 @@ class LlavaLlamaForCausalLM(nn.Module):
                  max_new_tokens: int = 128, do_sample: bool = False, temperature: float = 1.0, top_p: float | None = None,
                  num_beams: int = 1, eos_token_id: int | None = None, pad_token_id: int | None = None,
                  use_cache: bool = True, attn_backend: str | None = None, generator: torch.Generator | None = None,
-                 return_prepared: bool = False):
-        """Greedy (or sampled) decoding of a left-padded batch -> new tokens (B, T), padded after EOS."""
+                 return_prepared: bool = False, vision_cache: VisionCache | None = None):
+        """Greedy (or sampled) decoding of a left-padded batch -> new tokens (B, T), padded after EOS.
+        ``vision_cache``: reuse the tower's outputs for images seen before (``VisionCache``)."""
         if num_beams != 1:
             raise ValueError(f"num_beams={num_beams} is not supported (LLaVA-1.5 evaluation uses num_beams=1)")
         eos = self.config.text.eos_token_id if eos_token_id is None else eos_token_id
@@ -305,7 +318,7 @@ class LlavaLlamaForCausalLM(nn.Module):
         n_steps = 0
         ids, mask = input_ids, attention_mask.bool()
         out = self(ids, mask, images, reduction=reduction, use_cache=use_cache, padding_side="left",
-                   attn_backend=attn_backend, last_logits_only=True)
+                   attn_backend=attn_backend, last_logits_only=True, vision_cache=vision_cache)
         prepared = out.prepared
         for step in range(max_new_tokens):
             nxt = self._pick(out.logits[:, -1].float(), do_sample, temperature, top_p, generator)  # (A,)
@@ -329,7 +342,7 @@ class LlavaLlamaForCausalLM(nn.Module):
                 ids = torch.cat([ids, nxt[:, None]], 1)
                 mask = torch.cat([mask, torch.ones(B, 1, dtype=torch.bool, device=mask.device)], 1)
                 out = self(ids, mask, images, reduction=reduction, padding_side="left", attn_backend=attn_backend,
-                           last_logits_only=True)
+                           last_logits_only=True, vision_cache=vision_cache)
         tokens = tokens[:, :n_steps]
         return (tokens, prepared) if return_prepared else tokens
 

@@ -1,9 +1,11 @@
 """CLIP vision tower (transformers' CLIPVisionModel) and the multimodal projectors."""
 from __future__ import annotations
 
+import hashlib
 import os
 import re
-from dataclasses import dataclass
+from collections import OrderedDict
+from dataclasses import dataclass, fields
 
 import torch
 from torch import nn
@@ -19,6 +21,53 @@ class VisionOutput:
     cls_attn: torch.Tensor | None  # (B, N) CLS->patch attention of that layer, mean over heads
     cls_feature: torch.Tensor | None = None  # (B, Dv) the CLS token's output of that layer
     attn_keys: torch.Tensor | None = None  # (B, N, head_dim) that layer's patch keys, mean over heads
+
+
+class VisionCache:
+    """The vision tower's outputs for images seen before, keyed by their exact pixel bytes (LRU).
+
+    Evaluation asks several questions about one image (POPE-style sets 18, GQA ~5), and the pruning
+    methods here do not depend on the question, so the tower need not run again. Pass one instance
+    to ``generate(..., vision_cache=...)`` for the length of a run; ``max_images`` bounds its memory.
+    A hit returns the stored rows unchanged; misses of one call run through the tower together."""
+
+    def __init__(self, max_images: int):
+        if max_images < 1:
+            raise ValueError(f"VisionCache needs max_images >= 1, got {max_images}")
+        self.max_images = max_images
+        self.hits = self.misses = 0
+        self._rows: OrderedDict[str, VisionOutput] = OrderedDict()
+
+    @staticmethod
+    def _key(image: torch.Tensor, want_cls_attn: bool, want_keys: bool) -> str:
+        digest = hashlib.sha1(image.detach().cpu().contiguous().numpy().tobytes()).hexdigest()
+        return f"{digest}:{tuple(image.shape)}:{image.dtype}:{int(want_cls_attn)}{int(want_keys)}"
+
+    def __call__(self, tower: "CLIPVisionTower", images: torch.Tensor, want_cls_attn: bool = False,
+                 want_keys: bool = False) -> VisionOutput:
+        """``tower(images, ...)`` (B, 3, H, W), answered from the cache where possible."""
+        keys = [self._key(img, want_cls_attn, want_keys) for img in images]
+        todo, queued = [], set()  # the first row of every image not cached yet
+        for i, k in enumerate(keys):
+            if k not in self._rows and k not in queued:
+                todo.append(i)
+                queued.add(k)
+        if todo:
+            out = tower(images[todo], want_cls_attn=want_cls_attn, want_keys=want_keys)
+            for j, i in enumerate(todo):
+                self._rows[keys[i]] = VisionOutput(**{f.name: None if getattr(out, f.name) is None
+                                                      else getattr(out, f.name)[j:j + 1]
+                                                      for f in fields(VisionOutput)})
+        self.misses += len(todo)
+        self.hits += len(keys) - len(todo)
+        rows = [self._rows[k] for k in keys]
+        for k in keys:
+            self._rows.move_to_end(k)
+        while len(self._rows) > self.max_images:
+            self._rows.popitem(last=False)
+        return VisionOutput(**{f.name: None if getattr(rows[0], f.name) is None
+                               else torch.cat([getattr(r, f.name) for r in rows])
+                               for f in fields(VisionOutput)})
 
 
 class CLIPVisionTower(nn.Module):
