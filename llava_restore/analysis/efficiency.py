@@ -163,8 +163,12 @@ def measure(model, ids, mask, pixels, variants: list[Variant], repeats: int, war
         def prefill(v: Variant):
             return model(ids, mask, pixels, reduction=v.cfg, use_cache=True, padding_side="left")
 
+        # each reduction's own inputs (plain VisionZip also needs the CLS feature and the tower's keys)
+        red_inputs = {v.name: model.encode_for_reduction(pixels, v.cfg) for v in variants if v.cfg is not None}
+
         def reduce(v: Variant):
-            return reduce_visual_tokens(proj, v.cfg, vis_feats=vis, cls_attn=cls, grid_hw=tower.grid_hw)
+            proj_v, inputs = red_inputs[v.name]
+            return reduce_visual_tokens(proj_v, v.cfg, **inputs)
 
         anchor_jobs = {}
         for v in variants:

@@ -49,6 +49,7 @@ def main() -> None:
     ap.add_argument("--n-tokens", type=int, default=576)
     ap.add_argument("--dim", type=int, default=4096)
     ap.add_argument("--vis-dim", type=int, default=1024)
+    ap.add_argument("--key-dim", type=int, default=64, help="CLIP ViT-L's head dim (VisionZip's similarity keys)")
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--seed", type=int, default=0)
@@ -59,6 +60,7 @@ def main() -> None:
     x = torch.randn(1, N, args.dim, generator=g).to(args.device)  # (1, N, D)
     v = torch.randn(1, N, args.vis_dim, generator=g).to(args.device)  # (1, N, Dv)
     a = torch.randn(1, N, generator=g).softmax(-1).to(args.device)  # (1, N)
+    keys = torch.randn(1, N, args.key_dim, generator=g).to(args.device)  # (1, N, d) head-mean tower keys
     n_keep = n // 2
     n_merge = n - n_keep
     M = N - n_keep
@@ -72,7 +74,8 @@ def main() -> None:
             "divprune": lambda: divprune_select(x, k),
             "vispruner": lambda: vispruner_select(v, a, k),
             "holov": lambda: holov_select(x, a, k),
-            "visionzip": lambda: visionzip_partition(x, a, max(k, 1), 54 / 64),
+            # as the official code runs it: CLS among the dominant tokens, similarity on the tower's keys
+            "visionzip": lambda: visionzip_partition(keys, a, max(k, 2), 54 / 64, include_cls=True),
             "random": lambda: random_select(1, N, k, 0, args.device),
             "uniform": lambda: uniform_select(N, k, None, args.device),
             "tome": lambda: tome_partition(x, max(k, 1)),
