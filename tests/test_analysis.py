@@ -1,5 +1,9 @@
 """The FLOP formula (hand count, torch's FLOP counter), the attention-share recorder (rows sum
-to 1, layer 0 recomputed by hand with and without RESTORE's terms) and the efficiency report."""
+to 1, layer 0 recomputed by hand with and without RESTORE's terms) and the efficiency report.
+
+The share recomputation runs on ``helpers.sensitive_tiny()`` (init 0.2): at 0.02 the attention is
+near uniform, so the shares are mostly a count and wrong RoPE positions go unseen."""
+import copy
 import math
 
 import pytest
@@ -13,7 +17,9 @@ from llava_restore.model.attention import AttnContext, attention
 from llava_restore.model.llama import KVCache, apply_rope, rope_cos_sin
 from llava_restore.tools.make_tiny import build_tiny
 
-from helpers import make_batch
+from helpers import make_batch, one_thread, sensitive_tiny  # noqa: F401  (one_thread: fixture)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_llm_flops_hand_count():
@@ -90,8 +96,8 @@ def _layer0_shares_by_hand(model, prep, log_size=None, distance_c=None):
 
 
 @pytest.mark.parametrize("variant", ["full", "reindex", "restore"])
-def test_attention_rows_sum_to_one_and_layer0_by_hand(tiny_loaded, variant):
-    tok, model, proc, _ = tiny_loaded
+def test_attention_rows_sum_to_one_and_layer0_by_hand(variant):
+    tok, model, proc = sensitive_tiny()
     cfg = variant_config(variant, "divprune", 64, [])
     questions, seeds = ["What is this?", "Is there a red square left of the circle in the picture?"], [1, 2]
     ids, mask, images, _ = make_batch(tok, proc, questions, seeds)
@@ -109,13 +115,26 @@ def test_attention_rows_sum_to_one_and_layer0_by_hand(tiny_loaded, variant):
         last_vis = int(prep.visual[b].nonzero().max())
         assert sh.text_n[b] == prep.valid[b, last_vis + 1:].sum()
     # sample 0 is left-padded (shorter prompt): recompute its layer-0 shares by hand
+    # and deliberately wrong recomputations, each of which must miss the recorded shares by > 10x the tolerance
+    leaky, shifted = copy.copy(prep), copy.copy(prep)
+    leaky.valid = torch.ones_like(prep.valid)  # padding keys attended
+    shifted.positions = prep.positions + prep.visual.float()  # the visual tokens one RoPE position late
     if variant == "restore":
         log_n = torch.where(prep.visual, torch.full_like(prep.log_size, math.log(576 / 64)), torch.zeros_like(prep.log_size))
         hand = _layer0_shares_by_hand(model, prep, log_size=log_n, distance_c=2.0)  # layer 0: uniform N/n
+        wrong = {"no distance term": _layer0_shares_by_hand(model, prep, log_size=log_n),
+                 "true sizes in layer 0": _layer0_shares_by_hand(model, prep, log_size=prep.log_size, distance_c=2.0),
+                 "no size term": _layer0_shares_by_hand(model, prep, distance_c=2.0)}
     else:
         hand = _layer0_shares_by_hand(model, prep)
-    assert float(vis[0, 0]) == pytest.approx(hand[0], abs=1e-5)
-    assert float(txt[0, 0]) == pytest.approx(hand[1], abs=1e-5)
+        wrong = {"padding keys attended": _layer0_shares_by_hand(model, leaky),
+                 "visual positions off by one": _layer0_shares_by_hand(model, shifted)}
+    got = (float(vis[0, 0]), float(txt[0, 0]))
+    assert got[0] == pytest.approx(hand[0], abs=1e-5)
+    assert got[1] == pytest.approx(hand[1], abs=1e-5)
+    misses = {name: max(abs(w[0] - got[0]), abs(w[1] - got[1])) / 1e-5 for name, w in wrong.items()}
+    print("layer-0 shares, perturbed recomputations miss by (x tolerance):", misses)
+    assert min(misses.values()) > 10, misses
 
 
 def test_efficiency_rows_on_tiny_model(tiny_loaded):

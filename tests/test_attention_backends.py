@@ -1,9 +1,14 @@
-"""eager / sdpa / flex agree (fp32) with every calibration term, in prefill and decode."""
+"""eager / sdpa / flex agree (fp32) with every calibration term, in prefill and decode.
+
+q, k, v ~ N(0, 1) (pre-softmax logits of unit scale, not the near-uniform attention of a
+0.02-init model); next to each agreement, the eager result with one term dropped, misapplied or
+the padding unmasked must miss it by far (``assert_distinguishes``)."""
 import math
 
 import pytest
 import torch
 
+from helpers import assert_distinguishes
 from llava_restore.model.attention import AttnContext, attention
 from llava_restore.reduction import distance_bias
 
@@ -34,10 +39,22 @@ def test_backends_agree_prefill_and_decode(size, dist, scope_visual, layer):
     for Lq, Lk in [(40, 40), (1, 41)]:  # prefill, one decode step
         q = torch.randn(B, H, Lq, d)
         k, v = torch.randn(B, Hkv, Lk, d), torch.randn(B, Hkv, Lk, d)
-        outs = {be: attention(q, k, v, _ctx(B, Lq, Lk, be, size=size, dist=dist, scope_visual=scope_visual), layer)
-                for be in ("eager", "sdpa", "flex")}
+        opts = dict(size=size, dist=dist, scope_visual=scope_visual)
+        outs = {be: attention(q, k, v, _ctx(B, Lq, Lk, be, **opts), layer) for be in ("eager", "sdpa", "flex")}
+
+        def eager(layer_idx=layer, **kw):
+            return attention(q, k, v, _ctx(B, Lq, Lk, "eager", **{**opts, **kw}), layer_idx)
+
+        wrong = {"padding keys attended": eager(pad_left=(0, 0))}
+        if size:
+            wrong["no size term"] = eager(size=False)
+            wrong["layer-0 uniform sizes in every layer" if layer else "true sizes in layer 0"] = eager(layer_idx=1 - layer)
+        if dist:
+            wrong["no distance term"] = eager(dist=False)
+            wrong["distance term on all keys" if scope_visual else "distance term on visual keys only"] = \
+                eager(scope_visual=not scope_visual)
         for be in ("sdpa", "flex"):
-            torch.testing.assert_close(outs[be][:, :, :], outs["eager"], rtol=1e-5, atol=1e-5)
+            assert_distinguishes(outs["eager"], outs[be], wrong, rtol=1e-5, atol=1e-5)
 
 
 def test_eager_is_the_hand_formula():
@@ -51,9 +68,17 @@ def test_eager_is_the_hand_formula():
     s = ctx.key_log_size[0].exp()
     dist = torch.tensor([2.0 - sum(math.cos((ctx.key_pos[0, i] - ctx.key_pos[0, j]).item() * 10000 ** (-2 * kk / d))
                                    for kk in range(d // 2)) / (d // 2) for j in range(L)])
-    w = s * dist * torch.exp((q[0, 0, i] @ k[0, 0].T) / math.sqrt(d))
-    expected = (w / w.sum()) @ v[0, 0]
-    torch.testing.assert_close(out[0, 0, i], expected, rtol=1e-5, atol=1e-5)
+    e = torch.exp((q[0, 0, i] @ k[0, 0].T) / math.sqrt(d))
+
+    def hand(w):
+        return (w / w.sum()) @ v[0, 0]
+
+    contiguous = torch.tensor([2.0 - sum(math.cos((i - j) * 10000 ** (-2 * kk / d)) for kk in range(d // 2)) / (d // 2)
+                               for j in range(L)])  # D from reindexed positions: the gap ignored
+    assert_distinguishes(hand(s * dist * e), out[0, 0, i], {
+        "no size term": hand(dist * e), "no distance term": hand(s * e), "reindexed positions": hand(s * contiguous * e),
+        "layer-0 uniform sizes": hand(ctx.key_log_size_l0[0].exp() * dist * e), "c = 1 (log D)": hand(s * (dist - 1) * e),
+    }, rtol=1e-5, atol=1e-5)
 
 
 def test_distance_term_zero_on_diagonal():

@@ -128,6 +128,40 @@ def test_batched_equals_single_with_restore(reference, ckpt, data, tmp_path):
     assert len(timing) == 1 and timing[0]["prefill_s"] > 0 and timing[0]["generate_s"] >= timing[0]["prefill_s"]
 
 
+def test_answer_bytes_see_planted_errors(reference, ckpt, data, tmp_path, monkeypatch):
+    """The byte comparison above can fail: batched runs with a planted error (prefill laid out with
+    the wrong padding side, decode positions off by one) or one RESTORE term off give other answers."""
+    from llava_restore.model.llava_llama import LlavaLlamaForCausalLM as Model
+
+    forward, prepare = Model.forward, Model.prepare_multimodal
+
+    def right_padded_prefill(self, *args, **kw):  # generate reads the last column: a pad for short rows
+        if kw.get("cache") is None and kw.get("padding_side") == "left":
+            kw["padding_side"] = "right"
+        return forward(self, *args, **kw)
+
+    def decode_one_late(self, *args, **kw):
+        prep = prepare(self, *args, **kw)
+        prep.next_pos = prep.next_pos + 1
+        return prep
+
+    def answers(name, *extra, patch=None):
+        with monkeypatch.context() as m:
+            if patch is not None:
+                m.setattr(Model, *patch)
+            model_vqa_loader.main(loader_argv(ckpt, data, tmp_path / f"{name}.jsonl", *extra))
+        return (tmp_path / f"{name}.jsonl").read_text().splitlines()
+
+    ref = reference.decode().splitlines()
+    runs = {"wrong padding side": answers("pad", "--batch-size", "4", *RESTORE, patch=("forward", right_padded_prefill)),
+            "decode positions off by one": answers("pos", "--batch-size", "4", *RESTORE,
+                                                   patch=("prepare_multimodal", decode_one_late)),
+            "no distance term": answers("dist", "--batch-size", "4", *RESTORE, "--reduction-opts", "distance_term=false")}
+    differ = {name: sum(a != b for a, b in zip(lines, ref)) for name, lines in runs.items()}
+    print("answers that differ from the reference (of 20):", differ)
+    assert all(len(lines) == N_Q for lines in runs.values()) and min(differ.values()) > 0, differ
+
+
 def test_resume_after_real_kill(reference, ckpt, data, tmp_path):
     out = tmp_path / "answers.jsonl"
     cmd = [sys.executable, "-m", "llava_restore.eval.model_vqa_loader",

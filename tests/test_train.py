@@ -26,6 +26,8 @@ from llava_restore.train.config import parse_train_config
 from llava_restore.train.data import Collator, DataError, SupervisedDataset, tokenize_conversation
 from llava_restore.train.ds_config import load_ds_config
 
+from helpers import assert_distinguishes
+
 REPO = Path(__file__).resolve().parents[1]
 PLAYGROUND_MODEL = REPO / "playground" / "cache" / "llava-playground"
 PLAYGROUND_DATA = REPO / "playground" / "data"
@@ -198,7 +200,11 @@ def test_resume_continues_identically(resumed_run):
 
 # ----------------------------------------------------------------------------------- merge
 def test_merge_matches_base_plus_peft(resumed_run, tiny_setup, tmp_path):
+    """The merged folder (and base + adapter loaded directly) equal base + trained projector + peft's
+    unmerged LoRA; a merge that drops the projector, the adapter, or gets the LoRA scale wrong
+    must miss that by far."""
     from peft import PeftModel
+    from peft.tuners.lora import LoraLayer
 
     from llava_restore.train.merge_lora import main as merge_main
 
@@ -214,21 +220,33 @@ def test_merge_matches_base_plus_peft(resumed_run, tiny_setup, tmp_path):
     ref.load_state_dict({k[len("base_model.model."):]: v for k, v in extra.items()}, strict=False)
     ref = PeftModel.from_pretrained(ref, str(lora_dir)).eval()
     _, base, _, _ = load_pretrained_model(base_dir, device="cpu")
+    _, no_proj, _, _ = load_pretrained_model(base_dir, device="cpu")  # wrong: the trained projector left out
+    no_proj = PeftModel.from_pretrained(no_proj, str(lora_dir)).eval()
     tok, merged, proc, _ = load_pretrained_model(str(merged_dir), device="cpu")
     _, direct, _, _ = load_pretrained_model(str(lora_dir), model_base=base_dir, device="cpu")
+    lora_layers = [m for m in ref.modules() if isinstance(m, LoraLayer)]
+    assert lora_layers
+
+    def lora_scale(factor):  # wrong: alpha / r off by ``factor``
+        for m in lora_layers:
+            for k in m.scaling:
+                m.scaling[k] *= factor
 
     ids = torch.tensor([[1, 40, 41, -200, 42, 43, 44], [1, 50, -200, 51, 52, 53, 54]])
     images = torch.randn(2, 3, 96, 96, generator=torch.Generator().manual_seed(0))
     red = make_reduction_config(method="divprune", n_vis=64, restore=True).resolve()
     for reduction in (None, red):
+        def logits(model):
+            return model(ids, torch.ones_like(ids), images, reduction=reduction).logits
+
         with torch.no_grad():
-            want = ref(ids, torch.ones_like(ids), images, reduction=reduction).logits
-            got = merged(ids, torch.ones_like(ids), images, reduction=reduction).logits
-            got_direct = direct(ids, torch.ones_like(ids), images, reduction=reduction).logits
-            untouched = base(ids, torch.ones_like(ids), images, reduction=reduction).logits
-        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
-        torch.testing.assert_close(got_direct, want, rtol=1e-5, atol=1e-5)
-        assert (untouched - want).abs().max() > 1e-2  # the adapter really changes the model
+            want, got, got_direct = logits(ref), logits(merged), logits(direct)
+            lora_scale(2.0)
+            wrong = {"LoRA scale x2": logits(ref)}
+            lora_scale(0.5)
+            wrong.update({"adapter not applied": logits(base), "trained projector left out": logits(no_proj)})
+        assert_distinguishes(want, got, wrong, rtol=1e-5, atol=1e-5)
+        assert_distinguishes(want, got_direct, wrong, rtol=1e-5, atol=1e-5)
 
 
 # -------------------------------------------------------------------------------- bad data
