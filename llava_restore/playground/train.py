@@ -558,7 +558,7 @@ def train(cfg: PlaygroundTrainConfig, on_step=None) -> dict:
 # 20 minutes on a 2-core CPU, for smoke tests and quick retraining (model card: its time and accuracy).
 RECIPES = {
     "committed": {},
-    "short": {"vision_pretrain_steps": 400, "steps": 900, "foreground_steps": 800, "save_every": 0},
+    "short": {"vision_pretrain_steps": 300, "steps": 700, "foreground_steps": 620, "save_every": 0},
 }
 
 
