@@ -123,14 +123,17 @@ def summary(res: dict) -> str:
              f"{p['pope']['mean_accuracy']:.2f} |"]
     if "blank" in res:
         b = res["blank"]
-        lines.append(f"| blank (uniform grey) images | {b['gqa']['accuracy']:.2f} | {_mean(b['pope'], 'f1'):.2f} | "
-                     f"{_mean(b['pope'], 'acc'):.2f} |")
+        lines.append(f"| blank (uniform grey) images | {b['gqa']['accuracy']:.2f} | {_mean(b['pope'], 'f1')} | "
+                     f"{_mean(b['pope'], 'acc')} |")
     return "\n".join(lines)
 
 
-def _mean(pope_res: dict, key: str) -> float:
-    cats = pope_res["categories"]
-    return sum(cats[c][key] for c in pope.CATEGORIES) / len(pope.CATEGORIES)
+def _mean(pope_res: dict, key: str) -> str:
+    """The mean over POPE's splits, or why it is undefined (F1 with no "yes" answer)."""
+    vals = [pope_res["categories"][c][key] for c in pope.CATEGORIES]
+    if None in vals:
+        return "undefined (no 'yes' answers)"
+    return f"{sum(vals) / len(vals):.2f}"
 
 
 if __name__ == "__main__":
