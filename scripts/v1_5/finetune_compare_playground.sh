@@ -8,7 +8,8 @@
 #   bash scripts/v1_5/finetune_compare_playground.sh [extra TrainConfig overrides, e.g. max_steps=100]
 #
 # Environment: MODEL_PATH (playground/cache/llava-playground), REDUCTION (divprune), N_VIS (64),
-# BENCHMARKS ("gqa pope"), OUT_ROOT (./runs/finetune-compare), BATCH_SIZE (8, eval), CONTROL (1; 0 skips
+# BENCHMARKS ("gqa pope"), OUT_ROOT (./runs/finetune-compare), BATCH_SIZE (8, eval), VISION_CACHE (512,
+# eval --vision-cache: the tower runs once per image; same answers), CONTROL (1; 0 skips
 # the control).  Finished fine-tunes and evaluations are reused when rerun.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -24,7 +25,7 @@ evaluate() {  # evaluate BENCH CKPT_NAME FLAGS... -> prints the run folder
     local bench="$1" name="$2"
     shift 2
     local -a args=(--benchmark "$bench" --ckpt "$name" --data-root playground/data/eval --output-root "$OUT/eval"
-                   --batch-size "${BATCH_SIZE:-8}" --no-progress "$@")
+                   --batch-size "${BATCH_SIZE:-8}" --vision-cache "${VISION_CACHE:-512}" --no-progress "$@")
     python -m llava_restore.eval.run "${args[@]}" >&2
     python -m llava_restore.eval.run "${args[@]}" --print-run-dir
 }
