@@ -7,7 +7,8 @@ import torch
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 FIXTURES = SHARED / "fixtures" / "llava15-eval"
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# two threads by default (the CI machine's cores); LLAVA_TEST_THREADS=1 beside another job
+torch.set_num_threads(int(os.environ.get("LLAVA_TEST_THREADS", max(1, min(2, os.cpu_count() or 1)))))
 
 
 def require_fixtures(sub: str = "") -> Path:
