@@ -31,22 +31,20 @@ SCENES = [
     scene("gray", ("hexagon", "green", 10, 66), ("triangle", "white", 64, 20)),
     scene("brown", ("cross", "cyan", 70, 40), ("ring", "orange", 12, 14), ("arrow", "purple", 14, 68)),
 ]
-# (scene index, question, answer from the scene)
+# (scene index, question, answer from the scene). No position questions: the model card reports that
+# kind unlearned (chance), so they would test nothing but luck.
 QUESTIONS = [
     (0, "What color is the circle?", "red"),
     (0, "What color is the square?", "blue"),
     (0, "Is there a star in the image?", "yes"),
     (0, "Is there a pentagon in the image?", "no"),
-    (0, "Is the circle on the left or on the right of the image?", "left"),
     (1, "What shape is the green object?", "hexagon"),
     (1, "What color is the triangle?", "white"),
     (1, "Is there a ring in the image?", "no"),
-    (1, "Is the hexagon at the top or at the bottom of the image?", "bottom"),
     (2, "What color is the ring?", "orange"),
     (2, "Is there an arrow in the image?", "yes"),
-    (2, "Is the cross on the left or on the right of the image?", "right"),
 ]
-MIN_CORRECT = 10  # of 12
+MIN_CORRECT = 8  # of 9
 
 
 def _prompt(question: str) -> str:
