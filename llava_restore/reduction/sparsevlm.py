@@ -1,0 +1,169 @@
+"""SparseVLM (Zhang et al., ICML 2025; official code Gumpest/SparseVLMs) as pure batch-first tensor
+functions.  The decoder plumbing (which layer, the attention rows, the per-layer KV cache) lives in
+``inllm.py``; this file only computes, per sample:
+
+1. **Text raters** (once, from the LLM's input embeddings): for the visual embeddings V (n_v, D)
+   and the text after the image T (n_t, D), ``r = mean_v softmax_t(V T^T)`` (n_t,); the raters are
+   the text tokens with ``r_t > mean(r)``.
+2. **Scores** at a pruning layer l: the layer's attention probabilities (softmax over all allowed
+   keys), averaged over heads, rows = the raters, columns = the visual tokens, averaged over the
+   raters -> s (n_v,).
+3. **How many to keep**: the reference v1.5 schedule (a fixed count per pruning layer for each
+   budget, ``SPARSEVLM_SCHEDULES``) or SparseVLM v1's rank rule ``k = int(rank(P) * scale + bias)``
+   where P (n_raters, n_v) is the head-averaged rater-to-visual attention; both clamp to n_v - 1.
+4. **Recycling**: of the deleted tokens (the layer's output hidden states), the top
+   ``int(0.3 * n_del) + 1`` by score are clustered into ``int(m / 10) + 1`` tokens with DPC-kNN
+   (Euclidean distances / sqrt(C), density from the c nearest, centres = top c of density x delta)
+   and each cluster is replaced by its mean; the merged tokens follow the kept visual tokens.
+
+See docs/restore.md ("SparseVLM") for the configuration of the 192/128/64 rows and the deviations.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from .common import topk_desc
+
+# Official v1.5 code (llava/model/language_model/score.py): layers 2, 6 and 15 of LLaVA-1.5-7B's 32;
+# the number of visual tokens each pruning layer keeps (before the recycled ones are added).
+SPARSEVLM_LAYERS = (2, 6, 15)
+SPARSEVLM_SCHEDULES: dict[int, tuple[int, ...]] = {
+    192: (300, 200, 110),
+    128: (303, 110, 36),
+    96: (238, 48, 26),
+    64: (66, 30, 17),
+}
+# SparseVLM v1 (commit b72c5d6, README): the rank rule's (scale, bias) per budget, layers 2, 6, 15, 19.
+SPARSEVLM_V1_LAYERS = (2, 6, 15, 19)
+SPARSEVLM_V1_RANK: dict[int, tuple[float, float]] = {192: (13.5, 0.0), 128: (9.0, 6.0), 64: (0.8, 0.0)}
+RECYCLE_EPS = 1e-6  # the reference divides each cluster's sum by (count + 1e-6)
+
+
+def sparsevlm_raters(vis: torch.Tensor, text: torch.Tensor, text_valid: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Text raters: vis (B, n_v, D), text (B, n_t, D), text_valid (B, n_t) bool -> (B, n_t) bool.
+
+    ``r_t = mean_v softmax_t(v . t)`` over the valid text tokens; raters are ``r_t > mean_t r_t``."""
+    B, n_t, _ = text.shape
+    valid = torch.ones(B, n_t, dtype=torch.bool, device=text.device) if text_valid is None else text_valid.bool()
+    if bool((valid.sum(1) == 0).any()):
+        raise ValueError("sparsevlm_raters: a sample has no text tokens after its image")
+    logits = vis.float() @ text.float().transpose(1, 2)  # (B, n_v, n_t)
+    logits = logits.masked_fill(~valid[:, None, :], float("-inf"))
+    r = logits.softmax(dim=2).mean(dim=1)  # (B, n_t)
+    mean = (r * valid).sum(1, keepdim=True) / valid.sum(1, keepdim=True)  # (B, 1)
+    return (r > mean) & valid
+
+
+def rater_relation(probs: torch.Tensor, raters: torch.Tensor, vis_cols: torch.Tensor) -> torch.Tensor:
+    """The head-averaged rater-to-visual attention P.
+
+    probs (B, H, n_q, L) attention probabilities of n_q text queries; raters (B, n_q) bool;
+    vis_cols (B, n_v) long key columns of the visual tokens -> (B, n_q, n_v) with non-rater rows 0."""
+    p = probs.float().mean(dim=1)  # (B, n_q, L)
+    p = p.gather(2, vis_cols[:, None, :].expand(-1, p.shape[1], -1))  # (B, n_q, n_v)
+    return p * raters[:, :, None]
+
+
+def sparsevlm_scores(relation: torch.Tensor, raters: torch.Tensor) -> torch.Tensor:
+    """relation (B, n_q, n_v) from ``rater_relation`` -> (B, n_v): the mean over the raters."""
+    n_r = raters.sum(1, keepdim=True).clamp(min=1)  # (B, 1)
+    return relation.sum(1) / n_r
+
+
+def rank_keep_count(relation: torch.Tensor, raters: torch.Tensor, scale: float, bias: float) -> list[Optional[int]]:
+    """SparseVLM v1's rank rule, per sample: ``rank = rank(P_b)`` of its (n_raters, n_v) relation;
+    None (keep all, no pruning here) when rank == n_v, else ``min(int(rank * scale + bias), n_v - 1)``."""
+    out: list[Optional[int]] = []
+    n_v = relation.shape[2]
+    for b in range(relation.shape[0]):
+        p = relation[b][raters[b]]  # (n_raters, n_v)
+        rank = int(torch.linalg.matrix_rank(p.float())) if p.numel() else 0
+        out.append(None if n_v - rank == 0 else min(int(rank * scale + bias), n_v - 1))
+    return out
+
+
+def fixed_keep_count(n_v: int, budget: int, clamp: str = "all") -> Optional[int]:
+    """The v1.5 rule ``min(budget, n_v - 1)``; None (keep all) when the budget covers every token
+    (``clamp='all'``, ours) -- the reference always deletes one (``clamp='reference'``)."""
+    if clamp not in ("all", "reference"):
+        raise ValueError(f"sparsevlm clamp={clamp!r} is not one of ['all', 'reference']")
+    if budget >= n_v and clamp == "all":
+        return None
+    return max(min(budget, n_v - 1), 0)
+
+
+def dpc_knn_clusters(x: torch.Tensor, n_clusters: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The reference DPC-kNN clustering: x (B, m, C) -> (centres (B, c) long, assignment (B, m) long
+    in [0, c)).  Distances ||x_i - x_j|| / sqrt(C); density exp(-mean of the squared distances to
+    the c nearest (itself included)); delta = distance to the nearest denser token (the largest
+    distance of the sample when none is denser); centres = top c of density x delta, in that order;
+    every token joins its nearest centre (ties -> the earlier centre), centres join themselves."""
+    B, m, C = x.shape
+    if not 1 <= n_clusters <= m:
+        raise ValueError(f"dpc_knn_clusters: n_clusters={n_clusters} must be in [1, {m}]")
+    xf = x.float()
+    dist = torch.cdist(xf, xf) / math.sqrt(C)  # (B, m, m)
+    near = torch.topk(dist, k=n_clusters, dim=-1, largest=False).values  # (B, m, c)
+    density = torch.exp(-(near ** 2).mean(-1))  # (B, m)
+    denser = density[:, None, :] > density[:, :, None]  # [b, i, j] = rho_j > rho_i
+    dmax = dist.flatten(1).max(-1).values[:, None, None]  # (B, 1, 1)
+    delta = torch.where(denser, dist, dmax).min(-1).values  # (B, m)
+    centres = topk_desc(delta * density, n_clusters)  # (B, c)
+    to_centre = dist.gather(1, centres[:, :, None].expand(-1, -1, m))  # (B, c, m)
+    assign = to_centre.argmin(dim=1)  # (B, m), first minimum -> earliest centre
+    assign.scatter_(1, centres, torch.arange(n_clusters, device=x.device).expand(B, -1))
+    return centres, assign
+
+
+def cluster_means(x: torch.Tensor, assign: torch.Tensor, n_clusters: int) -> torch.Tensor:
+    """x (B, m, C), assign (B, m) -> (B, c, C): sum / (count + 1e-6) per cluster, in x's dtype."""
+    B, m, C = x.shape
+    sums = torch.zeros(B, n_clusters, C, dtype=torch.float32, device=x.device)
+    sums.scatter_add_(1, assign[:, :, None].expand(-1, -1, C), x.float())
+    counts = torch.zeros(B, n_clusters, dtype=torch.float32, device=x.device)
+    counts.scatter_add_(1, assign, torch.ones(B, m, device=x.device))
+    return (sums / (counts[:, :, None] + RECYCLE_EPS)).to(x.dtype)
+
+
+def recycle_counts(n_deleted: int, ratio: float, cluster_div: int) -> tuple[int, int]:
+    """(m, c): the reference recycles m = int(n_deleted * ratio) + 1 of the deleted tokens into
+    c = int(m / cluster_div) + 1 merged ones (nothing when nothing is deleted)."""
+    if n_deleted <= 0:
+        return 0, 0
+    m = min(int(n_deleted * ratio) + 1, n_deleted)
+    return m, int(m / cluster_div) + 1 if m >= 1 else 0
+
+
+@dataclass
+class Recycled:
+    tokens: torch.Tensor  # (B, c, C) merged tokens, in centre order
+    chosen: torch.Tensor  # (B, m) long: indices into the deleted set that were recycled, score order
+    assign: torch.Tensor  # (B, m) long: cluster of each chosen token
+
+
+def sparsevlm_recycle(x_del: torch.Tensor, score_del: torch.Tensor, ratio: float = 0.3,
+                      cluster_div: int = 10) -> Optional[Recycled]:
+    """Token recycling: x_del (B, M, C) deleted tokens (ascending original order), score_del (B, M)
+    their scores -> the merged tokens, or None when nothing is deleted."""
+    B, M, _ = x_del.shape
+    m, c = recycle_counts(M, ratio, cluster_div)
+    if m == 0:
+        return None
+    chosen = topk_desc(score_del.float(), m)  # (B, m), highest score first
+    picked = x_del.gather(1, chosen[:, :, None].expand(-1, -1, x_del.shape[2]))  # (B, m, C)
+    c = min(c, m)
+    _, assign = dpc_knn_clusters(picked, c)
+    return Recycled(cluster_means(picked, assign, c), chosen, assign)
+
+
+def keep_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """scores (B, n_v) -> (B, n_v) bool: the top k (ties -> lowest index), kept in original order."""
+    B, n_v = scores.shape
+    mask = torch.zeros(B, n_v, dtype=torch.bool, device=scores.device)
+    if k > 0:
+        mask.scatter_(1, topk_desc(scores.float(), k), True)
+    return mask
