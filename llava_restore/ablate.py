@@ -2,7 +2,7 @@
 
     python -m llava_restore.ablate ablations/main.yaml --benchmarks gqa,pope \
         [--launcher local|slurm] [--parallel K] [--dry-run] [--out runs/ablations] \
-        [--set eval.batch_size=8 ...] [--model-path PATH] [--report-only]
+        [--set eval.batch_size=8 ...] [--model-path PATH] [--report-only] [--paper table1]
 
 Each (run, benchmark) is one ``python -m llava_restore.eval.run`` call writing its own run folder
 under ``--out`` (named by eval.run from model + benchmark + resolved config); a folder with a
@@ -21,6 +21,7 @@ from pathlib import Path
 
 from llava_restore.ablation.grid import Grid, GridError, describe, load_grid
 from llava_restore.ablation.launch import run_local, sbatch_command, submit, write_task_file
+from llava_restore.ablation.paper import load_paper
 from llava_restore.ablation.report import collect, metric_names, write_plot, write_tables, write_tensorboard
 from llava_restore.ablation.runs import Task, make_tasks, pending_tasks
 
@@ -42,6 +43,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--report-only", action="store_true", help="rebuild the report from the finished runs")
     ap.add_argument("--metric", action="append", default=[], metavar="BENCH=KEY",
                     help="report result.json metric KEY for BENCH instead of eval's main metric, e.g. pope=mean_acc")
+    ap.add_argument("--paper", default=None, metavar="NAME",
+                    help="add the published 'paper avg rel%%' column of paper table NAME (e.g. table1; "
+                         "'none' drops a grid's own); default: the grid's 'paper' key")
     ap.add_argument("--full-tokens", type=int, default=FULL_TOKENS, help="visual tokens of the unreduced model")
     ap.add_argument("--sbatch-args", default="",
                     help="extra sbatch options, written with '=': --sbatch-args='--partition=gpu --time=2:00:00'")
@@ -88,6 +92,8 @@ def main(argv=None) -> int:
     overrides = list(args.overrides) + ([f"eval.model_path={args.model_path}"] if args.model_path else [])
     try:
         grid = load_grid(args.grid, overrides)
+        if args.paper is not None:
+            grid.paper = None if args.paper == "none" else load_paper(args.paper)
         benchmarks = pick_benchmarks(args.benchmarks, grid)
         bad = [m for m in args.metric if "=" not in m]
         if bad:
@@ -124,7 +130,7 @@ def main(argv=None) -> int:
             print(f"submitted array job {job}")
         again = ["python", "-m", "llava_restore.ablate", args.grid, "--benchmarks", ",".join(benchmarks),
                  "--out", args.out, "--report-only"] + [x for o in overrides for x in ("--set", o)] \
-            + [x for m in args.metric for x in ("--metric", m)]
+            + [x for m in args.metric for x in ("--metric", m)] + (["--paper", args.paper] if args.paper else [])
         print("when it has finished, build the report with:\n  " + shlex.join(again))
         return 0
 

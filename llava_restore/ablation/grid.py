@@ -6,6 +6,7 @@ A grid file::
     description: "..."               # optional
     benchmarks: [gqa, pope]          # optional default for --benchmarks
     reference: true                  # add the full-token run (method none); default true
+    paper: table1                    # optional: the report's published column (paper.py)
     fixed:                           # settings shared by every run
       eval: {batch_size: 8}
       reduction: {attn_backend: sdpa}
@@ -39,9 +40,10 @@ from omegaconf.errors import OmegaConfBaseException
 from llava_restore.reduction import ANCHOR_RULES, known_reducers
 from llava_restore.reduction.config import ReductionConfig
 
+from .paper import load_paper
 from .settings import SECTIONS, EvalSettings, RunSettings, section_fields
 
-TOP_KEYS = ("name", "description", "benchmarks", "reference", "fixed", "axes", "zip", "include", "exclude")
+TOP_KEYS = ("name", "description", "benchmarks", "reference", "paper", "fixed", "axes", "zip", "include", "exclude")
 
 
 class GridError(ValueError):
@@ -68,6 +70,7 @@ class Grid:
     axis_keys: list[str]  # canonical keys that vary across the runs, in file order
     runs: list[GridRun] = field(default_factory=list)
     duplicates: list[str] = field(default_factory=list)  # notes about runs dropped as duplicates
+    paper: Any = None  # paper.PaperTable for the report's "paper avg rel%" column, or None
 
 
 # ---------------------------------------------------------------------------------- line numbers
@@ -285,6 +288,11 @@ def load_grid(path: str | Path, overrides: list[str] | None = None) -> Grid:
         benchmarks = [b for b in benchmarks.split(",") if b]
     grid = Grid(path=path, name=str(raw.get("name") or path.stem), description=str(raw.get("description") or ""),
                 benchmarks=list(benchmarks), axis_keys=list(dict.fromkeys(all_axis_keys + [k for e in includes for k in e])))
+    if raw.get("paper") is not None:
+        try:
+            grid.paper = load_paper(str(raw["paper"]))
+        except ValueError as exc:
+            raise src.fail(("paper",), str(exc)) from None
     seen: dict[str, int] = {}
     reference = raw.get("reference", True)
     if not isinstance(reference, bool):

@@ -128,16 +128,40 @@ def table(grid: Grid, rows: list[Row], names: dict[str, str]) -> tuple[list[str]
     header = ["#"] + [_short(k) for k in keys] + ["tokens"]
     for b in benchmarks:
         header += [f"{b} {names[b]}", f"{b} rel%"]
-    header += ["avg rel%", "prefill ms", "status"]
+    header += ["avg rel%"] + (PAPER_COLUMNS if grid.paper is not None else []) + ["prefill ms", "status"]
     body = []
     for r in rows:
         line = [r.index] + [("(full)" if r.run.reference and k == "reduction.method" else _value(r.run, k)) for k in keys]
         line.append(r.tokens)
         for b in benchmarks:
             line += [r.metric.get(b), r.relative.get(b)]
-        line += [r.avg_relative, r.mean_prefill_ms, "done" if r.complete else "missing"]
+        line.append(r.avg_relative)
+        if grid.paper is not None:
+            line += list(paper_columns(grid, r))
+        line += [r.mean_prefill_ms, "done" if r.complete else "missing"]
         body.append(line)
     return header, body
+
+
+PAPER_COLUMNS = ["paper avg rel%", "measured - paper"]
+
+
+def paper_value(grid: Grid, row: Row) -> Optional[float]:
+    """The published average relative accuracy of this run's (method, restore, tokens); 100 for
+    the full-token reference; None when the paper has no such row."""
+    if grid.paper is None:
+        return None
+    if row.run.reference:
+        return 100.0
+    red = row.run.settings.reduction
+    return grid.paper.lookup(red.method, red.restore, row.tokens)
+
+
+def paper_columns(grid: Grid, row: Row) -> tuple[Optional[float], Optional[float]]:
+    """(published avg rel%, measured avg rel% - published), None where either is missing."""
+    pub = paper_value(grid, row)
+    meas = row.avg_relative
+    return pub, (None if pub is None or meas is None else meas - pub)
 
 
 def write_tables(grid: Grid, rows: list[Row], names: dict[str, str], out_dir: Path) -> tuple[Path, Path]:
@@ -158,16 +182,26 @@ def write_tables(grid: Grid, rows: list[Row], names: dict[str, str], out_dir: Pa
     lines.append("| " + " | ".join(header) + " |")
     lines.append("|" + "|".join("---" for _ in header) + "|")
     first_metric = header.index("tokens") + 1  # metric columns: after the labels, before "status"
+    published = {header.index(c) for c in PAPER_COLUMNS if c in header}  # blank when the paper has no row
     undefined = False
     for r, line in zip(rows, body):
         cells = [_fmt(v) for v in line]
         for i in range(first_metric, len(line) - 1):
-            if line[i] is None and r.complete:
+            if line[i] is None and r.complete and i not in published:
                 cells[i], undefined = "n/a", True
         lines.append("| " + " | ".join(cells) + " |")
     if undefined:
         lines += ["", "n/a: undefined for a finished run (e.g. POPE F1 when the model never answers yes, "
                   "or a relative figure whose reference is undefined); the run's result.json says why."]
+    if grid.paper is not None:
+        measured = list(names)
+        note = (f"paper avg rel%: {grid.paper.title}, the mean over its benchmarks "
+                f"({', '.join(grid.paper.benchmarks)}); blank where it has no such row. "
+                f"measured - paper = avg rel% - paper avg rel%.")
+        if sorted(measured) != sorted(grid.paper.benchmarks):
+            note += (f" The measured average is over {', '.join(measured)} only, so the two are not "
+                     f"the same average.")
+        lines += ["", note]
     md_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return md_path, csv_path
 
