@@ -122,3 +122,29 @@ def test_reference_schedules_are_the_official_ones():
     assert SPARSEVLM_SCHEDULES[192] == (300, 200, 110)
     assert SPARSEVLM_SCHEDULES[128] == (303, 110, 36)
     assert SPARSEVLM_SCHEDULES[64] == (66, 30, 17)
+
+
+def test_layers_schedule_and_plan():
+    from llava_restore.reduction.sparsevlm import sparsevlm_layers, sparsevlm_plan, sparsevlm_schedule
+
+    assert sparsevlm_layers(32) == (2, 6, 15)
+    assert sparsevlm_layers(4) == (0, 1, 2)  # round(2/8), round(6/8), round(15/8)
+    with pytest.raises(ValueError, match=r"strictly increasing in \[0, 2\].*set sparsevlm_layers"):
+        sparsevlm_layers(4, [1, 3])
+    with pytest.raises(ValueError, match="strictly increasing"):
+        sparsevlm_layers(2)  # (0, 0, 0): collide
+    with pytest.raises(ValueError, match=r"reference schedules for n_vis in \[64, 96, 128, 192\], not 100"):
+        sparsevlm_schedule(100, 3)
+    with pytest.raises(ValueError, match="one count >= 1 per pruning layer"):
+        sparsevlm_schedule(100, 3, [5, 4])
+    # the 192 row on LLaVA-1.5 (576 tokens, 32 layers), by hand: after layer 2 keep 300 + recycle
+    # 276 deleted -> 83 -> 9 merged = 309; after 6: 200 + (109 -> 33 -> 4) = 204; after 15:
+    # 110 + (94 -> 29 -> 3) = 113.  Tokens leaving each layer average (2*576 + 4*309 + 9*204 + 17*113) / 32
+    plan = sparsevlm_plan(576, 32, (2, 6, 15), (300, 200, 110))
+    assert plan[:2] == [576, 576] and set(plan[2:6]) == {309} and set(plan[6:15]) == {204} and set(plan[15:]) == {113}
+    assert sum(plan) / 32 == pytest.approx((2 * 576 + 4 * 309 + 9 * 204 + 17 * 113) / 32)  # 192.03
+    p128 = sparsevlm_plan(576, 32, (2, 6, 15), (303, 110, 36))  # 303 + 9, 110 + 7, 36 + 3
+    assert (p128[2], p128[6], p128[15]) == (312, 117, 39)
+    p64 = sparsevlm_plan(576, 32, (2, 6, 15), (66, 30, 17))  # 66 + 16, 30 + 2, 17 + 1
+    assert (p64[2], p64[6], p64[15]) == (82, 32, 18)
+    assert sparsevlm_plan(576, 32, (2, 6, 15), (576, 576, 576)) == [576] * 32

@@ -167,3 +167,52 @@ def keep_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
     if k > 0:
         mask.scatter_(1, topk_desc(scores.float(), k), True)
     return mask
+
+
+REFERENCE_DEPTH = 32  # LLaVA-1.5-7B's decoder layers, which SPARSEVLM_LAYERS index
+
+
+def sparsevlm_layers(n_layers: int, layers: Optional[list[int]] = None) -> tuple[int, ...]:
+    """The pruning layers (tokens are dropped after each, from its attention): ``layers`` as given,
+    or the reference (2, 6, 15) of 32 layers scaled to ``n_layers`` (round(l * n_layers / 32));
+    they must be strictly increasing and leave a layer after the last."""
+    if layers is None:
+        out = tuple(int(math.floor(l * n_layers / REFERENCE_DEPTH + 0.5)) for l in SPARSEVLM_LAYERS)
+        how = f"the reference layers {list(SPARSEVLM_LAYERS)} of {REFERENCE_DEPTH} scaled to {n_layers}"
+    else:
+        out, how = tuple(int(l) for l in layers), "sparsevlm_layers"
+    if not out or any(b <= a for a, b in zip(out, out[1:])) or out[0] < 0 or out[-1] > n_layers - 2:
+        raise ValueError(f"sparsevlm: {how} gives layers {list(out)}; they must be strictly increasing in "
+                         f"[0, {n_layers - 2}] (a {n_layers}-layer decoder; tokens drop after each): "
+                         f"set sparsevlm_layers=[...]")
+    return out
+
+
+def sparsevlm_schedule(n_vis: Optional[int], n_stages: int, schedule: Optional[list[int]] = None) -> tuple[int, ...]:
+    """Visual tokens kept at each pruning layer (before recycling): ``schedule`` as given, or the
+    official v1.5 list for ``n_vis``."""
+    if schedule is None:
+        if n_vis not in SPARSEVLM_SCHEDULES:
+            raise ValueError(f"sparsevlm has reference schedules for n_vis in {sorted(SPARSEVLM_SCHEDULES)}, not "
+                             f"{n_vis}: set sparsevlm_schedule=[k1,k2,...] (tokens kept at each pruning layer)")
+        schedule = list(SPARSEVLM_SCHEDULES[n_vis])
+    out = tuple(int(k) for k in schedule)
+    if len(out) != n_stages or any(k < 1 for k in out):
+        raise ValueError(f"sparsevlm_schedule={list(out)} must list one count >= 1 per pruning layer ({n_stages})")
+    return out
+
+
+def sparsevlm_plan(n_tokens: int, n_layers: int, layers: tuple[int, ...], schedule: tuple[int, ...],
+                   recycle: bool = True, ratio: float = 0.3, cluster_div: int = 10,
+                   clamp: str = "all") -> list[int]:
+    """Visual tokens that *leave* each layer under the fixed schedule (what the official code's
+    "Equal Tokens" averages): (n_layers,) counts; layer l's input count is the previous entry."""
+    counts, v = [], n_tokens
+    for i in range(n_layers):
+        if i in layers:
+            k = fixed_keep_count(v, schedule[layers.index(i)], clamp)
+            if k is not None:
+                _, c = recycle_counts(v - k, ratio, cluster_div) if recycle else (0, 0)
+                v = k + c
+        counts.append(v)
+    return counts
