@@ -64,6 +64,9 @@ class AttnContext:
     c: float = 2.0
     rope_theta: float = 10000.0
     head_dim: int = 128
+    # M-RoPE (Qwen2.5-VL): query_pos/key_pos are (B, L, 3) (t, h, w) and the distance term is
+    # reduction/mrope.py's D(Δ) = mean_k cos(Δ_axis(k) θ_k); None = 1-D RoPE positions (B, L)
+    mrope_section: tuple[int, ...] | None = None
     # analysis only: the eager backend calls it with (layer_idx, probs (B, H, Lq, Lk)) after softmax
     record_probs: Callable[[int, torch.Tensor], None] | None = field(default=None, repr=False)
     _dense: dict = field(default_factory=dict, repr=False)  # cached per-forward dense biases
@@ -101,6 +104,13 @@ class AttnContext:
         """(B, Lq, Lk) float32 distance term (0 where not applied), or None."""
         if not self.distance:
             return None
+        if "dist" not in self._dense and self.mrope_section is not None:
+            from llava_restore.reduction.mrope import mrope_dense_bias
+
+            bias = mrope_dense_bias(self.query_pos, self.key_pos, self.rope_theta, self.head_dim, self.mrope_section, self.c)
+            if self.distance_keys is not None:
+                bias = bias * self.distance_keys[:, None, :]
+            self._dense["dist"] = bias
         if "dist" not in self._dense:
             d = self.query_pos[:, :, None].double() - self.key_pos[:, None, :].double()  # (B, Lq, Lk)
             if torch.all(d == d.round()):
@@ -174,7 +184,9 @@ def _flex_parts(ctx: AttnContext, layer_idx: int):
 
         ctx._flex["mask"] = create_block_mask(mask_mod, B=valid.shape[0], H=None, Q_LEN=ctx.q_len,
                                               KV_LEN=ctx.k_len, device=valid.device)
-        if ctx.distance:
+        if ctx.distance and ctx.mrope_section is not None:  # M-RoPE: the dense (B, Lq, Lk) term, read by index
+            ctx._flex["mrope_dist"] = ctx.distance_bias()
+        elif ctx.distance:
             qp, kp = ctx.query_pos, ctx.key_pos
             if not (torch.all(qp == qp.round()) and torch.all(kp == kp.round())):
                 raise ValueError("attn_backend=flex needs integer positions; position_rep=mean gives "
@@ -195,9 +207,10 @@ def flex_attention_fwd(q, k, v, ctx: AttnContext, layer_idx: int) -> torch.Tenso
     size = ctx.size_bias(layer_idx)
     size = None if size is None else size.float()
     dist = ctx._flex.get("dist")
+    mdist = ctx._flex.get("mrope_dist")  # (B, Lq, Lk) or None
     dkeys = ctx._flex.get("dkeys")
 
-    if size is None and dist is None:
+    if size is None and dist is None and mdist is None:
         score_mod = None
     else:
         def score_mod(score, b, h, q_idx, kv_idx):
@@ -208,6 +221,8 @@ def flex_attention_fwd(q, k, v, ctx: AttnContext, layer_idx: int) -> torch.Tenso
                 table, qpos, kpos = dist
                 term = table[qpos[b, q_idx] - kpos[b, kv_idx]]
                 out = out + (term if dkeys is None else term * dkeys[b, kv_idx])
+            if mdist is not None:
+                out = out + mdist[b, q_idx, kv_idx]  # distance_keys already applied
             return out
 
     n_rep = q.shape[1] // k.shape[1]

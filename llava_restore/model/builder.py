@@ -11,6 +11,7 @@ from transformers import AutoTokenizer, CLIPImageProcessorPil, CLIPVisionConfig,
 from .checkpoint import hf_to_ours, load_state_dict, ours_to_hf, save_state_dict, save_vision_tower
 from .config import CheckpointError, LlavaConfig, parse_config, read_config_json
 from .llava_llama import LlavaLlamaForCausalLM
+from .qwen2_5_vl import is_qwen2_5_vl_config
 from .vision import CLIPVisionTower, load_vision_tower
 
 log = logging.getLogger(__name__)
@@ -128,6 +129,7 @@ def load_pretrained_model(model_path: str, model_base: str | None = None, model_
       ``mm_vision_tower`` (hub name, or a folder, relative paths resolved against ``model_path``),
       or by the ``vision_tower`` override;
     - llava-hf folders (model_type ``llava``), converted on load;
+    - Qwen2.5-VL folders (model_type ``qwen2_5_vl``): ``qwen2_5_vl.Qwen2_5_VLForRestore``;
     - LoRA folders (``adapter_config.json``) over ``model_base``.
 
     ``model_name`` is accepted for compatibility and never used to choose a code path.
@@ -143,6 +145,8 @@ def load_pretrained_model(model_path: str, model_base: str | None = None, model_
     if is_lora_folder(model_path):
         return _load_lora(model_path, model_base, dev, torch_dtype, vision_tower, allow_download, attn_implementation)
     raw = read_config_json(model_path)
+    if is_qwen2_5_vl_config(raw):
+        return _load_qwen2_5_vl(model_path, raw, dev, torch_dtype, attn_implementation)
     cfg = parse_config(raw, model_path)
     dtype = _dtype(torch_dtype, raw, dev)
     sd = load_state_dict(model_path)
@@ -154,6 +158,27 @@ def load_pretrained_model(model_path: str, model_base: str | None = None, model_
     model.attn_backend = attn_implementation
     model.to(dev).eval()
     context_len = raw.get("max_sequence_length", 2048)
+    return tokenizer, model, processor, context_len
+
+
+def _load_qwen2_5_vl(folder: str, raw: dict, dev, torch_dtype, attn_impl):
+    """A Qwen2.5-VL folder (model_type qwen2_5_vl): our M-RoPE decoder + transformers' vision tower.
+    The image processor is the PIL ``Qwen2VLImageProcessorPil`` (AutoProcessor would also need
+    torchvision for the video processor); the tokenizer is loaded on its own."""
+    from transformers import Qwen2VLImageProcessorPil
+
+    from .qwen2_5_vl import QwenVLConfig, build_qwen_model
+
+    cfg = QwenVLConfig.from_dict(raw, folder)
+    if not os.path.isfile(os.path.join(folder, "preprocessor_config.json")):
+        raise CheckpointError(f"{folder}: Qwen2.5-VL folder has no preprocessor_config.json (the image processor: "
+                              f"patch_size, merge_size, min_pixels/max_pixels)")
+    processor = Qwen2VLImageProcessorPil.from_pretrained(folder, local_files_only=True)
+    model = build_qwen_model(cfg, folder, load_state_dict(folder), _dtype(torch_dtype, raw, dev))
+    tokenizer = load_tokenizer(folder)
+    model.attn_backend = attn_impl
+    model.to(dev).eval()
+    context_len = (raw.get("text_config") or raw).get("max_position_embeddings", 32768)
     return tokenizer, model, processor, context_len
 
 

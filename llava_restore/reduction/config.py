@@ -31,6 +31,7 @@ VISIONZIP_MERGES = ("reference", "mean")
 class ReductionConfig:
     method: str = "none"  # registry name; "none" keeps all N visual tokens
     n_vis: Optional[int] = None  # output budget n (1 <= n <= N); None = N
+    keep_ratio: Optional[float] = None  # instead of n_vis: n = max(1, floor(keep_ratio * N)) per image, in (0, 1]
     restore: bool = False  # preset switch (see module doc)
     split_ratio: float = 0.5  # n_keep = floor(n * split_ratio) when merging
     merge: Optional[bool] = None  # Stage B on/off
@@ -90,11 +91,21 @@ class ReductionConfig:
         check("visionzip_merge", self.visionzip_merge, VISIONZIP_MERGES)
         if not 0.0 <= self.split_ratio <= 1.0:
             raise ValueError(f"ReductionConfig.split_ratio={self.split_ratio} must be in [0, 1]")
+        if self.keep_ratio is not None and not 0.0 < self.keep_ratio <= 1.0:
+            raise ValueError(f"ReductionConfig.keep_ratio={self.keep_ratio} must be in (0, 1]")
+        if self.keep_ratio is not None and self.n_vis is not None:
+            raise ValueError(f"ReductionConfig: give n_vis ({self.n_vis}) or keep_ratio ({self.keep_ratio}), not both")
         if self.n_vis is not None and self.n_vis < 1:
             raise ValueError(f"ReductionConfig.n_vis={self.n_vis} must be >= 1")
         if self.distance_c <= 1.0:
             # D(d) ranges in [-1, 1], so c must exceed 1 for log(c - D) to be finite everywhere.
             raise ValueError(f"ReductionConfig.distance_c={self.distance_c} must be > 1")
+
+    def budget(self, N: int) -> int:
+        """The output budget n for N visual tokens: n_vis, max(1, floor(keep_ratio * N)), or N."""
+        if self.keep_ratio is not None:
+            return max(1, int(self.keep_ratio * N))  # floor (keep_ratio * N >= 0)
+        return N if self.n_vis is None else int(self.n_vis)
 
     @property
     def reference_order(self) -> bool:

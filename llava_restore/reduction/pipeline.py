@@ -79,7 +79,7 @@ def reduce_visual_tokens(
     if feats.dim() != 3:
         raise ValueError(f"feats must be (B, N, D), got shape {tuple(feats.shape)}")
     B, N, _ = feats.shape
-    n = N if cfg.n_vis is None else int(cfg.n_vis)
+    n = cfg.budget(N)
     if not 1 <= n <= N:
         raise ValueError(f"ReductionConfig.n_vis={cfg.n_vis} must be in 1..N={N}")
     cfg.validate()
