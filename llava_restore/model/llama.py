@@ -58,6 +58,9 @@ class KVCache:
     key_log_size_l0: torch.Tensor | None = None
     key_visual: torch.Tensor | None = None  # (B, Lk) bool
     next_pos: torch.Tensor | None = None  # (B,) float: position of the next token
+    # in-LLM reduction (llava_restore/reduction/inllm.py): from layer ``start`` on, the layers hold
+    # fewer keys; each stage carries their metadata (the fields above describe layer 0's keys)
+    stages: list = field(default_factory=list)  # of inllm.KVStage, by increasing start layer
 
     @property
     def length(self) -> int:
@@ -71,6 +74,8 @@ class KVCache:
             t = getattr(self, name)
             if t is not None:
                 setattr(self, name, t.index_select(0, rows))
+        for stage in self.stages:
+            stage.select_rows(rows)
 
 
 class LlamaAttention(nn.Module):
@@ -83,12 +88,18 @@ class LlamaAttention(nn.Module):
         self.v_proj = nn.Linear(cfg.hidden_size, self.n_kv * self.head_dim, bias=cfg.attention_bias)
         self.o_proj = nn.Linear(self.n_heads * self.head_dim, cfg.hidden_size, bias=cfg.attention_bias)
 
-    def forward(self, x, cos, sin, ctx: AttnContext, cache: KVCache | None):
+    def project(self, x, cos, sin):
+        """x (B, L, D) -> q (B, H, L, d), k, v (B, Hkv, L, d), RoPE applied to q and k."""
         B, L, _ = x.shape
         q = self.q_proj(x).view(B, L, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, L, d)
         k = self.k_proj(x).view(B, L, self.n_kv, self.head_dim).transpose(1, 2)  # (B, Hkv, L, d)
         v = self.v_proj(x).view(B, L, self.n_kv, self.head_dim).transpose(1, 2)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
+
+    def forward(self, x, cos, sin, ctx: AttnContext, cache: KVCache | None, probe=None):
+        """``probe(q, k)``, when given, sees this layer's queries and keys (after RoPE, cache included)."""
+        B, L, _ = x.shape
+        q, k, v = self.project(x, cos, sin)
         if cache is not None:
             if len(cache.keys) > self.layer_idx:
                 k = torch.cat([cache.keys[self.layer_idx], k], dim=2)
@@ -97,6 +108,8 @@ class LlamaAttention(nn.Module):
             else:
                 cache.keys.append(k)
                 cache.values.append(v)
+        if probe is not None:
+            probe(q, k)
         out = attention(q, k, v, ctx, self.layer_idx)  # (B, H, L, d)
         return self.o_proj(out.transpose(1, 2).reshape(B, L, self.n_heads * self.head_dim))
 
@@ -120,8 +133,8 @@ class LlamaDecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
-    def forward(self, x, cos, sin, ctx, cache):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, ctx, cache)
+    def forward(self, x, cos, sin, ctx, cache, probe=None):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, ctx, cache, probe)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -136,12 +149,29 @@ class LlamaDecoder(nn.Module):
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.gradient_checkpointing = False
 
-    def forward(self, h: torch.Tensor, positions: torch.Tensor, ctx: AttnContext, cache: KVCache | None = None):
-        """h (B, L, D) input embeddings, positions (B, L) float -> (B, L, D) final hidden states."""
+    def forward(self, h: torch.Tensor, positions: torch.Tensor, ctx: AttnContext, cache: KVCache | None = None,
+                hooks=None):
+        """h (B, L, D) input embeddings, positions (B, L) float -> (B, L, D) final hidden states.
+
+        ``hooks`` (per-forward state of an in-LLM reduction, ``llava_restore.reduction.inllm``):
+        ``hooks.before_layer(i, decoder, h, positions, cos, sin, ctx)`` returns None or a new
+        (h, positions, ctx) (fewer tokens from layer i on), ``hooks.probe(i)`` a ``probe(q, k)`` for
+        layer i's attention or None, and ``hooks.finish(h)`` maps the final states back to the
+        input layout."""
         cos, sin = rope_cos_sin(positions, self.cfg.head_dim, self.cfg.rope_theta, h.dtype)
-        for layer in self.layers:
+        for i, layer in enumerate(self.layers):
+            probe = None
+            if hooks is not None:
+                changed = hooks.before_layer(i, self, h, positions, cos, sin, ctx)
+                if changed is not None:
+                    h, new_positions, ctx = changed
+                    if new_positions is not positions:
+                        positions = new_positions
+                        cos, sin = rope_cos_sin(positions, self.cfg.head_dim, self.cfg.rope_theta, h.dtype)
+                probe = hooks.probe(i)
             if self.gradient_checkpointing and self.training and cache is None:
-                h = checkpoint(layer, h, cos, sin, ctx, None, use_reentrant=False)
+                h = checkpoint(layer, h, cos, sin, ctx, None, probe, use_reentrant=False)
             else:
-                h = layer(h, cos, sin, ctx, cache)
-        return self.norm(h)
+                h = layer(h, cos, sin, ctx, cache, probe)
+        h = self.norm(h)
+        return h if hooks is None else hooks.finish(h)

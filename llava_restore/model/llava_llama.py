@@ -16,6 +16,7 @@ from torch import nn
 
 from llava_restore.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from llava_restore.reduction.config import ReductionConfig
+from llava_restore.reduction.inllm import DecodeStages, InLLMReport, build_state, is_in_llm
 from llava_restore.reduction.types import ReductionResult
 
 from .attention import AttnContext
@@ -46,6 +47,7 @@ class Prepared:
     labels: torch.Tensor | None
     next_pos: torch.Tensor  # (B,) position of the first generated token
     reductions: list[ReductionResult]  # one per image, in batch order
+    inllm: InLLMReport | None = None  # in-LLM reduction (fastv, pdrop): visual tokens per layer, set by forward
 
 
 @dataclass
@@ -125,6 +127,9 @@ class LlavaLlamaForCausalLM(nn.Module):
             if cfg is not None and cfg.method != "none":
                 raise ValueError(f"visual_keep and reduction method {cfg.method!r} are exclusive")
             return self._keep(images, keep)
+        if cfg is not None and is_in_llm(cfg.method):  # all N tokens enter the LLM; the decoder drops them
+            _, proj, _ = self.encode_images(images, vision_cache=vision_cache)
+            return identity_reduction(proj).split()
         if cfg is None or cfg.method == "none":
             _, proj, _ = self.encode_images(images, vision_cache=vision_cache)
             if cfg is not None and cfg.n_vis not in (None, proj.shape[1]):
@@ -273,7 +278,13 @@ class LlavaLlamaForCausalLM(nn.Module):
         meta.key_valid, meta.key_pos, meta.key_visual = prep.valid, prep.positions, prep.visual
         meta.key_log_size, meta.key_log_size_l0, meta.next_pos = prep.log_size, prep.log_size_l0, prep.next_pos
         ctx = self._context(reduction, prep.positions, meta, decoding=False, backend=attn_backend)
-        h = self.model(prep.embeds, prep.positions, ctx, cache)  # (B, L, D)
+        hooks = None
+        if reduction is not None and is_in_llm(reduction.method):
+            hooks = build_state(reduction, self.config.text.num_hidden_layers, self.get_vision_tower().num_patches,
+                                prep.valid, prep.visual, prep.positions, prep.next_pos, padding_side, cache)
+        h = self.model(prep.embeds, prep.positions, ctx, cache, hooks)  # (B, L, D)
+        if hooks is not None:
+            prep.inllm = hooks.report()
         logits = self.lm_head(h[:, -1:] if last_logits_only else h)
         loss = None
         if prep.labels is not None:
@@ -291,8 +302,11 @@ class LlavaLlamaForCausalLM(nn.Module):
         cache.key_log_size = torch.cat([cache.key_log_size, zeros], 1)
         cache.key_log_size_l0 = torch.cat([cache.key_log_size_l0, zeros], 1)
         cache.next_pos = cache.next_pos + T
+        for stage in cache.stages:  # in-LLM reduction: the later layers' own key sets
+            stage.append(q_pos)
         ctx = self._context(cfg, q_pos, cache, decoding=True, backend=backend)
-        h = self.model(self.model.embed_tokens(input_ids), q_pos, ctx, cache)
+        hooks = DecodeStages(cache.stages, q_pos) if cache.stages else None
+        h = self.model(self.model.embed_tokens(input_ids), q_pos, ctx, cache, hooks)
         return LlavaOutput(logits=self.lm_head(h), cache=cache)
 
     # --------------------------------------------------------------- generation

@@ -12,8 +12,8 @@ default (docs/restore.md, "Deviations and design choices").
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
-from typing import Optional
+from dataclasses import dataclass, field, fields, replace
+from typing import List, Optional
 
 from omegaconf import OmegaConf
 
@@ -25,6 +25,10 @@ TOKEN_ORDERS = ("reference", "position")
 HOLOV_REDISTRIBUTIONS = ("reference", "fill")
 VISIONZIP_METRICS = ("keys", "projected")
 VISIONZIP_MERGES = ("reference", "mean")
+INLLM_BUDGETS = ("layer_average", "kept")
+INLLM_QUERIES = ("last", "instruction")
+SPARSEVLM_COUNTS = ("fixed", "rank")
+SPARSEVLM_CLAMPS = ("all", "reference")
 
 
 @dataclass
@@ -60,6 +64,24 @@ class ReductionConfig:
     visionzip_metric: str = "keys"  # keys|projected: contextual similarity space
     visionzip_merge: str = "reference"  # reference: target + mean(members) before the projector; mean: projected mean
     kmeans_iters: int = 10
+    # in-LLM methods (fastv, pdrop: llava_restore/reduction/inllm.py, docs/restore.md "In-LLM reduction")
+    inllm_budget: str = "layer_average"  # n_vis = mean visual tokens over the layers | kept: after the last drop
+    inllm_query: str = "last"  # last: the last prompt token | instruction: mean over the text after the image
+    inllm_positions: Optional[str] = None  # retain|reindex after a drop; None = the method's reference
+    fastv_k: int = 2  # FastV drops before layer K, ranking by layer K-1's attention
+    fastv_keep: Optional[int] = None  # R tokens kept from layer K on; None = from n_vis
+    pdrop_layers: List[int] = field(default_factory=lambda: [2, 8, 16])  # stage starts (drops before them)
+    pdrop_lambda: Optional[float] = None  # stage s keeps int(N * lambda^s); None = from n_vis
+    # SparseVLM (llava_restore/reduction/sparsevlm.py, docs/restore.md "SparseVLM")
+    sparsevlm_count: str = "fixed"  # fixed: the official v1.5 counts per n_vis | rank: v1's int(rank * scale + bias)
+    sparsevlm_layers: Optional[List[int]] = None  # drops after these layers; None = 2, 6, 15 (rank: + 19) of 32, scaled
+    sparsevlm_schedule: Optional[List[int]] = None  # fixed: tokens kept at each of them; None = official for n_vis
+    sparsevlm_rank_scale: Optional[float] = None  # rank: None = v1's value for n_vis (192: 13.5, 128: 9, 64: 0.8)
+    sparsevlm_rank_bias: Optional[float] = None  # rank: None = v1's value for n_vis (192: 0, 128: 6, 64: 0)
+    sparsevlm_recycle: bool = True  # merge the best-rated deleted tokens into a few (token recycling)
+    sparsevlm_recycle_ratio: float = 0.3  # recycle int(ratio * deleted) + 1 of them ...
+    sparsevlm_cluster_div: int = 10  # ... into int(recycled / div) + 1 DPC-kNN clusters
+    sparsevlm_clamp: str = "all"  # all: a count >= the tokens there keeps them all | reference: min(count, n - 1)
 
     # ---------------------------------------------------------------- helpers
     def resolve(self) -> "ReductionConfig":
@@ -89,6 +111,16 @@ class ReductionConfig:
         check("holov_redistribute", self.holov_redistribute, HOLOV_REDISTRIBUTIONS)
         check("visionzip_metric", self.visionzip_metric, VISIONZIP_METRICS)
         check("visionzip_merge", self.visionzip_merge, VISIONZIP_MERGES)
+        check("inllm_budget", self.inllm_budget, INLLM_BUDGETS)
+        check("inllm_query", self.inllm_query, INLLM_QUERIES)
+        if self.inllm_positions is not None:
+            check("inllm_positions", self.inllm_positions, POSITION_MODES)
+        check("sparsevlm_count", self.sparsevlm_count, SPARSEVLM_COUNTS)
+        check("sparsevlm_clamp", self.sparsevlm_clamp, SPARSEVLM_CLAMPS)
+        if not 0.0 < self.sparsevlm_recycle_ratio < 1.0:
+            raise ValueError(f"ReductionConfig.sparsevlm_recycle_ratio={self.sparsevlm_recycle_ratio} must be in (0, 1)")
+        if self.sparsevlm_cluster_div < 1:
+            raise ValueError(f"ReductionConfig.sparsevlm_cluster_div={self.sparsevlm_cluster_div} must be >= 1")
         if not 0.0 <= self.split_ratio <= 1.0:
             raise ValueError(f"ReductionConfig.split_ratio={self.split_ratio} must be in [0, 1]")
         if self.keep_ratio is not None and not 0.0 < self.keep_ratio <= 1.0:

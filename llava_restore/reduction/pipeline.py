@@ -10,7 +10,7 @@ from .base import ReductionInputs
 from .common import resolve_seed
 from .config import ReductionConfig
 from .positions import build_result, identity_result
-from .registry import get_reducer, known_reducers
+from .registry import get_reducer, known_methods, known_reducers
 from .types import ReductionResult
 
 
@@ -90,7 +90,10 @@ def reduce_visual_tokens(
             raise ValueError(f"method 'none' keeps all N={N} tokens but n_vis={n}; choose one of {known_reducers()}")
         return identity_result(feats)
     if cfg.method not in known_reducers():
-        raise ValueError(f"ReductionConfig.method={cfg.method!r} is unknown; known: {['none'] + known_reducers()}")
+        if getattr(get_reducer(cfg.method) if cfg.method in known_methods() else None, "in_llm", False):
+            raise ValueError(f"method {cfg.method!r} drops tokens inside the LLM (the model's forward runs it); "
+                             f"reduce_visual_tokens runs the pre-LLM methods {known_reducers()}")
+        raise ValueError(f"ReductionConfig.method={cfg.method!r} is unknown; known: {['none'] + known_methods()}")
     reducer = get_reducer(cfg.method)
     if n == N and not cfg.merge:
         return identity_result(feats)

@@ -16,11 +16,17 @@ def register_reducer(name: str):
 
 
 def known_reducers() -> list[str]:
+    """The pre-LLM methods (what ``reduce_visual_tokens`` runs)."""
+    return sorted(n for n, cls in _REDUCERS.items() if not getattr(cls, "in_llm", False))
+
+
+def known_methods() -> list[str]:
+    """Every registered method: the pre-LLM reducers and the in-LLM ones (``reduction.inllm``)."""
     return sorted(_REDUCERS)
 
 
 def get_reducer(name: str):
-    """A fresh instance of the reducer registered as ``name``."""
+    """A fresh instance of the method registered as ``name`` (pre-LLM reducer or in-LLM policy)."""
     if name not in _REDUCERS:
-        raise ValueError(f"unknown reduction method {name!r}; known: {known_reducers()}")
+        raise ValueError(f"unknown reduction method {name!r}; known: {known_methods()}")
     return _REDUCERS[name]()

@@ -1,0 +1,305 @@
+"""In-LLM reduction (FastV, PDrop): selections from the definition, budgets, batching, the KV cache
+and bad options.
+
+The reference here (``staged_reference``) is the definition written out for one sample: at each
+drop it reads the layer's softmax attention from the eager backend's own probabilities, keeps the
+top-k visual tokens of the last prompt token's (head-mean) row, subsets the sequence by index
+and runs the remaining layers on it with the method's positions.  It shares no code with
+``llava_restore.reduction.inllm``.
+"""
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+
+from helpers import assert_distinguishes, make_batch, one_thread, randomize_vectors  # noqa: F401
+from llava_restore.model.attention import AttnContext
+from llava_restore.model.llama import rope_cos_sin
+from llava_restore.reduction import make_reduction_config
+from llava_restore.reduction.inllm import FastV, LayerView, PDrop, attention_probs, solve_lambda
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+LAYERS = 4
+N = 576
+
+
+@functools.lru_cache(maxsize=1)
+def tiny4():
+    from llava_restore.tools.make_tiny import TinySpec, build_tiny
+
+    tok, model, proc = build_tiny(TinySpec(layers=LAYERS), seed=0, init_std=0.2)
+    randomize_vectors(model, 0.2, 0)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return tok, model, proc
+
+
+def cfg_of(method, n_vis=None, **opts):
+    return make_reduction_config(dict(opts), method=method, n_vis=n_vis).resolve()
+
+
+FASTV = dict(method="fastv", n_vis=300, fastv_k=1)  # R = (4*300 - 576) / 3 = 208 from layer 1 on
+PDROP = dict(method="pdrop", n_vis=300, pdrop_layers=[1, 2, 3])
+
+
+def cfg_dict(d, **more):
+    d = {**d, **more}
+    return cfg_of(d.pop("method"), d.pop("n_vis"), **d)
+
+
+# ----------------------------------------------------------------------------- the definition
+@torch.no_grad()
+def staged_reference(model, embeds, visual, positions, events, mode, gen_embeds=None):
+    """One sample, no padding.  embeds (1, L, D) prompt, visual (L,) bool, positions (L,) float,
+    events [(score_layer, drop_layer, keep)], mode retain|reindex, gen_embeds (1, T, D) text after
+    the prompt (at positions next, next+1, ...).  Returns (last logits (V,), kept index lists)."""
+    L = embeds.shape[1]
+    h = embeds if gen_embeds is None else torch.cat([embeds, gen_embeds], 1)
+    T = h.shape[1] - L
+    pos0 = torch.cat([positions, positions.max() + 1 + torch.arange(T).float()])
+    vis = torch.cat([visual, torch.zeros(T, dtype=torch.bool)])
+    cur = torch.arange(L + T)  # original indices still in the sequence
+    t = model.config.text
+    recorded = {}
+    kept_sets = []
+
+    def run(i, h, cur, record):
+        pos = (pos0[cur] if mode == "retain" else torch.arange(len(cur)).float())[None]
+        cos, sin = rope_cos_sin(pos, t.head_dim, t.rope_theta, h.dtype)
+        ctx = AttnContext(key_valid=torch.ones(1, len(cur), dtype=torch.bool), query_pos=pos, key_pos=pos,
+                          backend="eager", rope_theta=t.rope_theta, head_dim=t.head_dim,
+                          record_probs=(lambda li, p: recorded.__setitem__(li, p)) if record else None)
+        return model.model.layers[i](h, cos, sin, ctx, None)
+
+    for i in range(t.num_hidden_layers):
+        for score_layer, drop_layer, keep in events:
+            if drop_layer != i:
+                continue
+            if score_layer == i:  # this layer's attention on the sequence entering it
+                run(i, h, cur, record=True)
+            probs = recorded[score_layer][0].mean(0)  # (Lq, Lk) head mean
+            q = int((cur == L - 1).nonzero())  # the last prompt token
+            score = probs[q]
+            vis_cur = vis[cur]
+            cand = vis_cur.nonzero().flatten()
+            top = cand[score[cand].argsort(descending=True)[:keep]]
+            stay = torch.zeros(len(cur), dtype=torch.bool)
+            stay[~vis_cur] = True
+            stay[top] = True
+            h, cur = h[:, stay], cur[stay]
+            kept_sets.append(sorted(cur[vis[cur]].tolist()))
+        h = run(i, h, cur, record=True)
+    logits = model.lm_head(model.model.norm(h))[0, -1]
+    return logits, kept_sets
+
+
+def single_prepared(model, tok, proc, question, seed):
+    ids, mask, images, _ = make_batch(tok, proc, [question], [seed])
+    prep = model.prepare_multimodal(ids, mask, images)
+    return ids, mask, images, prep
+
+
+def events_of(cfg):
+    sched = (FastV() if cfg.method == "fastv" else PDrop()).schedule(cfg, LAYERS, N)
+    return [(e.score_layer, e.drop_layer, e.keep) for e in sched.events]
+
+
+# ----------------------------------------------------------------------------- hand-checked
+def test_selection_hand_checked_from_crafted_attention():
+    """q.k crafted so the last token's attention ranks the visual tokens 5 > 3 > 2 > 4 (and text
+    token 0 highest of all, which must not count); FastV and PDrop keep the top 2: tokens 3 and 5."""
+    L, d = 8, 4
+    visual = torch.tensor([[0, 0, 1, 1, 1, 1, 0, 0]], dtype=torch.bool)
+    s = torch.tensor([9.0, 0.0, 2.0, 3.0, 1.0, 4.0, 0.0, 0.0])  # q.k / sqrt(d) of the last query
+    k = torch.zeros(1, 1, L, d)
+    k[0, 0, :, 0] = s * 2.0  # sqrt(d) = 2
+    q = torch.zeros(1, 2, L, d)
+    q[0, :, :, 0] = 1.0  # two heads, both the same query direction (GQA: 1 kv head)
+    view = LayerView(h=torch.zeros(1, L, 3), visual=visual, valid=torch.ones(1, L, dtype=torch.bool),
+                     positions=torch.arange(L).float()[None], n_images=torch.tensor([1]), k=k,
+                     q_rows=lambda rows: q.gather(2, rows[:, None, :, None].expand(1, 2, rows.shape[1], d)))
+    p = view.probs(torch.tensor([[L - 1]]))[0, 0, 0]
+    torch.testing.assert_close(p, torch.softmax(s, 0))  # the definition: softmax over the allowed keys
+    expected = torch.tensor([[1, 1, 0, 1, 0, 1, 1, 1]], dtype=torch.bool)  # text + {3, 5}
+    for policy, cfg in ((FastV(), cfg_of("fastv", None, fastv_keep=2, fastv_k=1)),
+                        (PDrop(), cfg_of("pdrop", None, pdrop_lambda=0.5, pdrop_layers=[1]))):
+        event = policy.schedule(cfg, LAYERS, 4).events[0]
+        assert event.keep == 2
+        assert torch.equal(policy.decide(event, view, cfg).keep, expected)
+    # causality: a query at index 3 cannot see key 5 (its best), so it keeps 3 and 2
+    rows = torch.tensor([[3]])
+    p3 = view.probs(rows)[0, 0, 0]
+    assert p3[4:].sum() == 0 and p3[3] > p3[2] > 0
+
+
+@pytest.mark.parametrize("spec", [FASTV, PDROP], ids=["fastv", "pdrop"])
+def test_dropped_tokens_per_layer_match_the_definition(spec):
+    tok, model, proc = tiny4()
+    ids, mask, images, prep = single_prepared(model, tok, proc, "What colour is the large object?", 3)
+    cfg = cfg_dict(spec)
+    out = model(ids, mask, images, reduction=cfg, attn_backend="eager")
+    rep = out.prepared.inllm
+    mode = "retain" if cfg.method == "fastv" else "reindex"
+    ref_logits, ref_kept = staged_reference(model, prep.embeds, prep.visual[0], prep.positions[0], events_of(cfg), mode)
+    vis_idx = prep.visual[0].nonzero().flatten()
+    got = [sorted(k[0].nonzero().flatten()[prep.visual[0][k[0]]].tolist()) for k in rep.kept]
+    assert got == ref_kept
+    assert [len(k) for k in got] == [e[2] for e in events_of(cfg)]
+    # the per-layer counts: N before the first drop, then each stage's budget; their mean is n_vis
+    assert rep.visual_per_layer[0].tolist() == rep.schedule.counts
+    assert abs(rep.schedule.average - 300) < 1
+    assert set(ref_kept[0]) < set(vis_idx.tolist())
+    # and the logits of the answer row, against a perturbed selection (the lowest-ranked kept swapped)
+    bad_events = [(s, d, k - 1) for s, d, k in events_of(cfg)]
+    bad_logits, _ = staged_reference(model, prep.embeds, prep.visual[0], prep.positions[0], bad_events, mode)
+    assert_distinguishes(ref_logits, out.logits[0, -1], bad_logits, rtol=1e-4, atol=1e-4)
+
+
+def test_fastv_and_pdrop_schedules_of_the_paper_rows():
+    """32 layers, N = 576: FastV K=2 keeps round((32 n - 2 N) / 30); PDrop [2, 8, 16] with lambda
+    from the layer average; both averages within one token of n."""
+    for n, R in ((192, 166), (128, 98), (64, 30)):
+        s = FastV().schedule(cfg_of("fastv", n), 32, N)
+        assert s.counts[:2] == [N, N] and set(s.counts[2:]) == {R} and abs(s.average - n) < 0.5
+        p = PDrop().schedule(cfg_of("pdrop", n), 32, N)
+        assert [e.drop_layer for e in p.events] == [2, 8, 16]
+        assert abs(p.average - n) < 1.5, (n, p.average)
+        lam = solve_lambda(N, n, [2, 8, 16], 32)
+        assert [e.keep for e in p.events] == [int(N * lam ** s) for s in (1, 2, 3)]
+    # the PDrop maintainer's 64-token example: lambda ~ 0.19 with [2, 8, 16]
+    assert abs(solve_lambda(N, 64, [2, 8, 16], 32) - 0.19) < 0.005
+
+
+# ----------------------------------------------------------------------------- equivalences
+@pytest.mark.parametrize("method,opts", [("fastv", dict(fastv_k=1)), ("pdrop", dict(pdrop_layers=[1, 2, 3]))])
+def test_budget_n_equals_the_unreduced_model(method, opts):
+    tok, model, proc = tiny4()
+    ids, mask, images, _ = make_batch(tok, proc, ["What is it?", "Where is the small red thing now?"], [1, 2])
+    out = model(ids, mask, images, padding_side="left")
+    full, rows = out.logits, out.prepared.valid  # every real row; visual rows are all kept here
+    same = model(ids, mask, images, reduction=cfg_of(method, N, **opts), padding_side="left").logits
+    bad = model(ids, mask, images, reduction=cfg_of(method, N - 24, **opts), padding_side="left").logits
+    assert_distinguishes(full[:, -1], same[:, -1], bad[:, -1], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(same[rows], full[rows], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("spec", [FASTV, PDROP], ids=["fastv", "pdrop"])
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_batch_of_three_mixed_lengths_equals_each_alone(spec, side):
+    tok, model, proc = tiny4()
+    qs = ["What is it?", "Describe the picture in many more words than that, please.", "Count the dots."]
+    ids, mask, images, singles = make_batch(tok, proc, qs, [4, 5, 6], side=side)
+    cfg = cfg_dict(spec)
+    out = model(ids, mask, images, reduction=cfg, padding_side=side)
+    valid = out.prepared.valid
+    last = torch.where(valid, torch.arange(valid.shape[1]), -1).max(1).values  # each row's last real token
+    batched = out.logits[torch.arange(3), last]
+    alone = torch.stack([model(s[None], None, images[b:b + 1], reduction=cfg).logits[0, -1]
+                         for b, s in enumerate(singles)])
+    shuffled = torch.stack([model(s[None], None, images[(b + 1) % 3:(b + 1) % 3 + 1], reduction=cfg).logits[0, -1]
+                            for b, s in enumerate(singles)])
+    assert_distinguishes(alone, batched, shuffled, rtol=1e-4, atol=1e-4)
+    for b in range(3):  # the same tokens dropped per row
+        got = out.prepared.inllm.visual_per_layer[b].tolist()
+        assert got == out.prepared.inllm.schedule.counts
+    # generate (left padding, KV cache) gives each row's own answer
+    ids_l, mask_l, images_l, _ = make_batch(tok, proc, qs, [4, 5, 6], side="left")
+    gen = model.generate(ids_l, mask_l, images_l, reduction=cfg, max_new_tokens=6, eos_token_id=-1)
+    for b, s in enumerate(singles):
+        one = model.generate(s[None], None, images[b:b + 1], reduction=cfg, max_new_tokens=6, eos_token_id=-1)
+        assert gen[b].tolist() == one[0].tolist()
+
+
+@pytest.mark.parametrize("spec", [FASTV, PDROP], ids=["fastv", "pdrop"])
+def test_kv_cache_decoding_equals_recomputation(spec):
+    """Each cached decode step's logits equal the definition recomputed over prompt + generated
+    tokens (the drop decided on the prompt, the generated tokens attending to the kept keys, at
+    the method's positions).  Planted error: PDrop's stage positions ignored / FastV's kept keys
+    replaced by the full layer-0 key set (cache stages removed)."""
+    tok, model, proc = tiny4()
+    ids, mask, images, prep = single_prepared(model, tok, proc, "What is on the left of the circle?", 7)
+    cfg = cfg_dict(spec)
+    mode = "retain" if cfg.method == "fastv" else "reindex"
+    steps = 5
+
+    def decode(plant=False):
+        out = model(ids, mask, images, reduction=cfg, use_cache=True, padding_side="left")
+        cache, toks, logits = out.cache, [], [out.logits[0, -1]]
+        if plant:
+            for st in cache.stages:
+                st.pos_shift = st.pos_shift + 3.0
+        for _ in range(steps):
+            nxt = logits[-1].argmax()[None]
+            toks.append(int(nxt))
+            out = model(nxt[:, None], reduction=cfg, cache=cache)
+            logits.append(out.logits[0, -1])
+        return toks, torch.stack(logits[1:])
+
+    toks, cached = decode()
+    ref = []
+    for t in range(1, steps + 1):
+        gen = model.model.embed_tokens(torch.tensor([toks[:t]]))
+        logit, _ = staged_reference(model, prep.embeds, prep.visual[0], prep.positions[0], events_of(cfg), mode, gen)
+        ref.append(logit)
+    ref = torch.stack(ref)
+    _, planted = decode(plant=True)
+    assert_distinguishes(ref, cached, planted, rtol=1e-4, atol=1e-4)
+    # generate's cached path gives the same tokens
+    assert model.generate(ids, mask, images, reduction=cfg, max_new_tokens=steps, eos_token_id=-1)[0].tolist() == \
+        toks[:steps]
+
+
+@pytest.mark.parametrize("spec", [FASTV, PDROP], ids=["fastv", "pdrop"])
+def test_sdpa_equals_eager(spec):
+    tok, model, proc = tiny4()
+    ids, mask, images, _ = make_batch(tok, proc, ["What is it?", "Where is the small red thing now?"], [1, 2])
+    cfg = cfg_dict(spec)
+    eager = model(ids, mask, images, reduction=cfg, padding_side="left", attn_backend="eager").logits[:, -1]
+    sdpa = model(ids, mask, images, reduction=cfg, padding_side="left", attn_backend="sdpa").logits[:, -1]
+    torch.testing.assert_close(sdpa, eager, rtol=1e-4, atol=1e-4)
+
+
+# ----------------------------------------------------------------------------- bad options
+@pytest.mark.parametrize("method,opts,n,match", [
+    ("fastv", dict(fastv_k=4), 300, "fastv_k=4 is out of range for a 4-layer decoder"),
+    ("fastv", dict(fastv_k=0), 300, "fastv_k=0 is out of range"),
+    ("fastv", dict(fastv_k=2), 200, "n_vis=200 cannot be met by FastV"),
+    ("fastv", dict(fastv_keep=700), None, "fastv_keep=700 must be in 1..N=576"),
+    ("fastv", dict(fastv_keep=100), 300, "gives a layer average of"),
+    ("pdrop", dict(pdrop_layers=[8, 16, 24]), 300, r"pdrop_layers=\[8, 16, 24\]: layer 8 is out of range for a 4-layer decoder"),
+    ("pdrop", dict(pdrop_layers=[2, 1]), 300, "strictly increasing"),
+    ("pdrop", dict(pdrop_layers=[2, 3]), 200, "n_vis=200 cannot be met by PDrop"),
+    ("pdrop", dict(pdrop_lambda=1.5, pdrop_layers=[1, 2, 3]), None, "pdrop_lambda=1.5 must be in"),
+    ("fastv", dict(), 1000, "n_vis=1000 must be in 1..N=576"),
+])
+def test_bad_options_fail_clearly(method, opts, n, match):
+    tok, model, proc = tiny4()
+    ids, mask, images, _ = make_batch(tok, proc, ["What is it?"], [1])
+    with pytest.raises(ValueError, match=match):
+        model(ids, mask, images, reduction=cfg_of(method, n, **opts))
+
+
+def test_restore_and_unknown_options_are_refused():
+    tok, model, proc = tiny4()
+    ids, mask, images, _ = make_batch(tok, proc, ["What is it?"], [1])
+    cfg = make_reduction_config(method="fastv", n_vis=300, restore=True, fastv_k=1).resolve()
+    with pytest.raises(ValueError, match="comparison row without RESTORE.*restore, merge, size_term"):
+        model(ids, mask, images, reduction=cfg)
+    with pytest.raises(ValueError, match="inllm_query='first' is not one of"):
+        make_reduction_config(method="fastv", inllm_query="first")
+    with pytest.raises(Exception, match="fastv_kk"):
+        make_reduction_config(["fastv_kk=2"], method="fastv")
+
+
+def test_attention_probs_matches_softmax_with_gqa():
+    g = torch.Generator().manual_seed(0)
+    q, k = torch.randn(2, 4, 3, 8, generator=g), torch.randn(2, 2, 5, 8, generator=g)
+    allowed = torch.rand(2, 3, 5, generator=g) > 0.3
+    allowed[..., 0] = True
+    p = attention_probs(q, k, allowed)
+    kk = k.repeat_interleave(2, dim=1)
+    ref = ((q @ kk.transpose(-1, -2)) / 8 ** 0.5).masked_fill(~allowed[:, None], float("-inf")).softmax(-1)
+    torch.testing.assert_close(p, ref)
