@@ -326,11 +326,14 @@ class Qwen2_5_VLForRestore(nn.Module):
         return list(zip(starts, stops))
 
     def prepare_multimodal(self, input_ids, attention_mask=None, images: QwenImages | None = None, labels=None,
-                           reduction: ReductionConfig | None = None, padding_side: str = "right") -> QwenPrepared:
+                           reduction: ReductionConfig | None = None, padding_side: str = "right",
+                           text_tail: int = 0) -> QwenPrepared:
+        """``text_tail``: the last that many tokens of every row are text whatever their ids (generated
+        tokens, which may be an image placeholder id, when decoding by recomputation)."""
         B, L = input_ids.shape
         dev = input_ids.device
         mask = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
-        spans = [self._image_spans(input_ids[b][mask[b]]) for b in range(B)]
+        spans = [self._image_spans(input_ids[b][mask[b]][:int(mask[b].sum()) - text_tail]) for b in range(B)]
         n_images = 0 if images is None else len(images)
         if sum(len(s) for s in spans) != n_images:
             raise ValueError(f"found {sum(len(s) for s in spans)} image placeholder runs in input_ids "
@@ -416,14 +419,15 @@ class Qwen2_5_VLForRestore(nn.Module):
     def forward(self, input_ids, attention_mask=None, images: QwenImages | None = None, labels=None,
                 reduction: ReductionConfig | None = None, cache: KVCache | None = None, use_cache: bool = False,
                 padding_side: str = "right", attn_backend: str | None = None,
-                last_logits_only: bool = False) -> QwenOutput:
-        """Prefill (``cache`` None or empty) or one decode step of new text tokens (B, T)."""
+                last_logits_only: bool = False, text_tail: int = 0) -> QwenOutput:
+        """Prefill (``cache`` None or empty) or one decode step of new text tokens (B, T).
+        ``text_tail``: see ``prepare_multimodal``."""
         if last_logits_only and labels is not None:
             raise ValueError("last_logits_only=True cannot compute a loss over labels")
         reduction = self._resolve(reduction)
         if cache is not None and cache.length > 0:
             return self._decode(input_ids, reduction, cache, attn_backend)
-        prep = self.prepare_multimodal(input_ids, attention_mask, images, labels, reduction, padding_side)
+        prep = self.prepare_multimodal(input_ids, attention_mask, images, labels, reduction, padding_side, text_tail)
         cache = KVCache() if (use_cache or cache is not None) else None
         meta = cache if cache is not None else KVCache()
         meta.key_valid, meta.key_pos, meta.key_visual = prep.valid, prep.positions, prep.visual
@@ -500,7 +504,7 @@ class Qwen2_5_VLForRestore(nn.Module):
                 ids = torch.cat([ids, nxt[:, None]], 1)
                 mask = torch.cat([mask, torch.ones(B, 1, dtype=torch.bool, device=dev)], 1)
                 out = self(ids, mask, images, reduction=reduction, padding_side="left", attn_backend=attn_backend,
-                           last_logits_only=True)
+                           last_logits_only=True, text_tail=step + 1)
         tokens = tokens[:, :n_steps]
         return (tokens, prepared) if return_prepared else tokens
 

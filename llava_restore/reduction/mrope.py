@@ -52,11 +52,12 @@ def mrope_decay(d3: torch.Tensor, rope_theta: float, head_dim: int, section) -> 
 
 
 def mrope_distance_bias(d3, rope_theta: float, head_dim: int, section, c: float = 2.0) -> torch.Tensor:
-    """log(c - D(Δ)) in float32: d3 (..., 3) -> (...)."""
+    """log(c - D(Δ)): d3 (..., 3) -> (...), in d3's float dtype (float32 for integers), as distance_bias."""
     if c <= 1.0:
         raise ValueError(f"M-RoPE distance: c={c} must be > 1")
     d3 = torch.as_tensor(d3)
-    return torch.log(c - mrope_decay(d3, rope_theta, head_dim, section)).float()
+    out_dtype = d3.dtype if d3.is_floating_point() else torch.get_default_dtype()
+    return torch.log(c - mrope_decay(d3, rope_theta, head_dim, section)).to(out_dtype)
 
 
 def mrope_axis_tables(lo: int, hi: int, rope_theta: float, head_dim: int, section, device=None) -> torch.Tensor:
@@ -74,7 +75,7 @@ def mrope_dense_bias(qpos: torch.Tensor, kpos: torch.Tensor, rope_theta: float, 
     integer positions, the direct formula otherwise (position_rep=mean)."""
     d = qpos[:, :, None, :].double() - kpos[:, None, :, :].double()  # (B, Lq, Lk, 3)
     if not bool(torch.all(d == d.round())):
-        return mrope_distance_bias(d, rope_theta, head_dim, section, c)
+        return mrope_distance_bias(d, rope_theta, head_dim, section, c).float()
     lo, hi = int(d.min()), int(d.max())
     tables = mrope_axis_tables(lo, hi, rope_theta, head_dim, section, d.device)  # (3, R)
     idx = (d - lo).long()
