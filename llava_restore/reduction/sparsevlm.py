@@ -27,6 +27,9 @@ from typing import Optional
 import torch
 
 from .common import topk_desc
+from .config import SPARSEVLM_CLAMPS
+from .inllm import Decision, DropEvent, InLLMPolicy, Schedule, topk_mask
+from .registry import register_reducer
 
 # Official v1.5 code (llava/model/language_model/score.py): layers 2, 6 and 15 of LLaVA-1.5-7B's 32;
 # the number of visual tokens each pruning layer keeps (before the recycled ones are added).
@@ -43,17 +46,21 @@ SPARSEVLM_V1_RANK: dict[int, tuple[float, float]] = {192: (13.5, 0.0), 128: (9.0
 RECYCLE_EPS = 1e-6  # the reference divides each cluster's sum by (count + 1e-6)
 
 
-def sparsevlm_raters(vis: torch.Tensor, text: torch.Tensor, text_valid: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Text raters: vis (B, n_v, D), text (B, n_t, D), text_valid (B, n_t) bool -> (B, n_t) bool.
+def sparsevlm_raters(vis: torch.Tensor, text: torch.Tensor, text_valid: Optional[torch.Tensor] = None,
+                     vis_valid: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Text raters: vis (B, n_v, D), text (B, n_t, D), text_valid (B, n_t) / vis_valid (B, n_v) bool
+    (padding) -> (B, n_t) bool.
 
     ``r_t = mean_v softmax_t(v . t)`` over the valid text tokens; raters are ``r_t > mean_t r_t``."""
     B, n_t, _ = text.shape
     valid = torch.ones(B, n_t, dtype=torch.bool, device=text.device) if text_valid is None else text_valid.bool()
+    vok = torch.ones(vis.shape[:2], dtype=torch.bool, device=vis.device) if vis_valid is None else vis_valid.bool()
     if bool((valid.sum(1) == 0).any()):
         raise ValueError("sparsevlm_raters: a sample has no text tokens after its image")
     logits = vis.float() @ text.float().transpose(1, 2)  # (B, n_v, n_t)
     logits = logits.masked_fill(~valid[:, None, :], float("-inf"))
-    r = logits.softmax(dim=2).mean(dim=1)  # (B, n_t)
+    p = logits.softmax(dim=2) * vok[:, :, None]
+    r = p.sum(1) / vok.sum(1, keepdim=True).clamp(min=1)  # (B, n_t): mean over the visual tokens
     mean = (r * valid).sum(1, keepdim=True) / valid.sum(1, keepdim=True)  # (B, 1)
     return (r > mean) & valid
 
@@ -89,7 +96,7 @@ def rank_keep_count(relation: torch.Tensor, raters: torch.Tensor, scale: float, 
 def fixed_keep_count(n_v: int, budget: int, clamp: str = "all") -> Optional[int]:
     """The v1.5 rule ``min(budget, n_v - 1)``; None (keep all) when the budget covers every token
     (``clamp='all'``, ours) -- the reference always deletes one (``clamp='reference'``)."""
-    if clamp not in ("all", "reference"):
+    if clamp not in SPARSEVLM_CLAMPS:
         raise ValueError(f"sparsevlm clamp={clamp!r} is not one of ['all', 'reference']")
     if budget >= n_v and clamp == "all":
         return None
@@ -172,15 +179,16 @@ def keep_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
 REFERENCE_DEPTH = 32  # LLaVA-1.5-7B's decoder layers, which SPARSEVLM_LAYERS index
 
 
-def sparsevlm_layers(n_layers: int, layers: Optional[list[int]] = None) -> tuple[int, ...]:
+def sparsevlm_layers(n_layers: int, layers: Optional[list[int]] = None,
+                     reference: tuple[int, ...] = SPARSEVLM_LAYERS) -> tuple[int, ...]:
     """The pruning layers (tokens are dropped after each, from its attention): ``layers`` as given,
-    or the reference (2, 6, 15) of 32 layers scaled to ``n_layers`` (round(l * n_layers / 32));
+    or ``reference`` (layers of a 32-layer decoder) scaled to ``n_layers`` (round(l * n_layers / 32));
     they must be strictly increasing and leave a layer after the last."""
     if layers is None:
-        out = tuple(int(math.floor(l * n_layers / REFERENCE_DEPTH + 0.5)) for l in SPARSEVLM_LAYERS)
-        how = f"the reference layers {list(SPARSEVLM_LAYERS)} of {REFERENCE_DEPTH} scaled to {n_layers}"
+        out = tuple(int(math.floor(l * n_layers / REFERENCE_DEPTH + 0.5)) for l in reference)
+        how = f"the reference layers {list(reference)} of {REFERENCE_DEPTH} scaled to {n_layers}"
     else:
-        out, how = tuple(int(l) for l in layers), "sparsevlm_layers"
+        out, how = tuple(int(l) for l in layers), f"sparsevlm_layers={list(layers)}"
     if not out or any(b <= a for a, b in zip(out, out[1:])) or out[0] < 0 or out[-1] > n_layers - 2:
         raise ValueError(f"sparsevlm: {how} gives layers {list(out)}; they must be strictly increasing in "
                          f"[0, {n_layers - 2}] (a {n_layers}-layer decoder; tokens drop after each): "
@@ -216,3 +224,148 @@ def sparsevlm_plan(n_tokens: int, n_layers: int, layers: tuple[int, ...], schedu
                 v = k + c
         counts.append(v)
     return counts
+
+
+# ----------------------------------------------------------------------------- the in-LLM policy
+def _rows_of(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """mask (B, L) bool -> (idx (B, n) long, ok (B, n) bool): each row's True positions, ascending,
+    padded (with index 0, ok False) to the largest count."""
+    B, L = mask.shape
+    n = int(mask.sum(1).max()) if mask.numel() else 0
+    pos = torch.arange(L, device=mask.device).expand(B, L)
+    order = torch.where(mask, pos, pos + L).argsort(dim=1, stable=True)[:, :n]  # True positions first
+    ok = torch.arange(n, device=mask.device)[None] < mask.sum(1, keepdim=True)
+    return torch.where(ok, order, torch.zeros_like(order)), ok
+
+
+def _gather(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """x (B, L, D), idx (B, n) -> (B, n, D)."""
+    return x.gather(1, idx[:, :, None].expand(-1, -1, x.shape[2]))
+
+
+def input_raters(h0: torch.Tensor, valid0: torch.Tensor, visual0: torch.Tensor) -> torch.Tensor:
+    """The raters over the decoder's input layout: h0 (B, L0, D) input embeddings -> (B, L0) bool.
+    Every row's visual tokens rate against the real text after its last visual token."""
+    L0 = valid0.shape[1]
+    idx = torch.arange(L0, device=valid0.device).expand_as(valid0)
+    vis = visual0 & valid0
+    last_vis = torch.where(vis, idx, -1).max(1).values  # (B,)
+    text = valid0 & ~visual0 & (idx > last_vis[:, None])  # (B, L0)
+    has = vis.any(1) & text.any(1)
+    out = torch.zeros_like(valid0)
+    if not bool(has.any()):
+        return out
+    rows = has.nonzero(as_tuple=True)[0]
+    vi, vok = _rows_of(vis[rows])
+    ti, tok = _rows_of(text[rows])
+    r = sparsevlm_raters(_gather(h0[rows], vi), _gather(h0[rows], ti), tok, vok)  # (b, n_t)
+    sub = torch.zeros(len(rows), L0 + 1, dtype=torch.bool, device=valid0.device)  # column L0: padding
+    sub.scatter_(1, torch.where(tok, ti, L0), r & tok)
+    out[rows] = sub[:, :L0]
+    return out
+
+
+@register_reducer("sparsevlm")
+class SparseVLM(InLLMPolicy):
+    """SparseVLM (see the module doc): text raters chosen once from the input embeddings; after each
+    pruning layer the visual tokens its raters attend to least are deleted (v1.5's fixed counts, or
+    v1's rank rule) and the best-rated deleted ones are recycled into a few merged tokens placed
+    after the kept visual tokens; positions reindexed after every drop (the official code)."""
+
+    reference_positions = "reindex"
+
+    def schedule(self, cfg, n_layers, n_visual):
+        N, n = n_visual, cfg.n_vis
+        if cfg.inllm_budget != "layer_average":
+            raise ValueError(f"sparsevlm: inllm_budget={cfg.inllm_budget!r} is not defined for SparseVLM; its n_vis "
+                             f"selects the official schedule (or give sparsevlm_schedule)")
+        if n is not None and not 1 <= n <= N:
+            raise ValueError(f"ReductionConfig.n_vis={n} must be in 1..N={N}")
+        ref = SPARSEVLM_LAYERS if cfg.sparsevlm_count == "fixed" else SPARSEVLM_V1_LAYERS
+        layers = sparsevlm_layers(n_layers, None if cfg.sparsevlm_layers is None else list(cfg.sparsevlm_layers), ref)
+        if cfg.sparsevlm_count == "rank":
+            rank_scale_bias(cfg)  # fails early on a budget without v1 values
+            events = [DropEvent(l, l + 1, None, s + 1) for s, l in enumerate(layers)]
+            return Schedule(events, [N] * n_layers, N)  # data-dependent: the report has the real counts
+        if n is None and cfg.sparsevlm_schedule is None:
+            raise ValueError("sparsevlm needs n_vis (one of the official rows "
+                             f"{sorted(SPARSEVLM_SCHEDULES)}) or sparsevlm_schedule")
+        keeps = sparsevlm_schedule(n, len(layers), cfg.sparsevlm_schedule)
+        if max(keeps) > N:
+            raise ValueError(f"sparsevlm_schedule={list(keeps)} keeps more than the N={N} visual tokens per image")
+        leaving = sparsevlm_plan(N, n_layers, layers, keeps, cfg.sparsevlm_recycle, cfg.sparsevlm_recycle_ratio,
+                                 cfg.sparsevlm_cluster_div, cfg.sparsevlm_clamp)
+        events = [DropEvent(l, l + 1, k, s + 1) for s, (l, k) in enumerate(zip(layers, keeps))]
+        return Schedule(events, [N] + leaving[:-1], N)  # tokens entering each layer
+
+    def decide(self, event, view, cfg):
+        vis = view.visual & view.valid  # (B, L)
+        raters0 = input_raters(view.h0, view.valid0, view.visual0)  # (B, L0)
+        raters = view.valid & (view.orig >= 0) & raters0.gather(1, view.orig.clamp(min=0))  # (B, L)
+        rows, rok = _rows_of(raters)  # (B, n_q)
+        rows = torch.where(rok, rows, view.last[:, None])  # padding rows: a real query (weight 0), no NaN
+        keep_all = (view.valid & ~view.visual) | vis
+        if rows.shape[1] == 0:
+            return Decision(keep=keep_all)
+        rel = view.probs(rows).float().mean(1) * rok[:, :, None]  # (B, n_q, L) head mean, rater rows only
+        score = rel.sum(1) / rok.sum(1, keepdim=True).clamp(min=1)  # (B, L)
+        B, L = vis.shape
+        k = torch.zeros(B, dtype=torch.long, device=vis.device)
+        for b in range(B):
+            n_v = int(vis[b].sum())
+            kb = None
+            if n_v > 0 and bool(rok[b].any()):
+                if event.keep is not None:
+                    kb = fixed_keep_count(n_v, event.keep * int(view.n_images[b]), cfg.sparsevlm_clamp)
+                else:
+                    scale, bias = rank_scale_bias(cfg)
+                    p = rel[b:b + 1][:, :, vis[b]]  # (1, n_q, n_v)
+                    kb = rank_keep_count(p, rok[b:b + 1], scale, bias)[0]
+            k[b] = n_v if kb is None else kb
+        keep_vis = topk_mask(score, vis, k)  # (B, L)
+        decision = Decision(keep=(view.valid & ~view.visual) | keep_vis)
+        if cfg.sparsevlm_recycle:
+            self._recycle(decision, view, vis & ~keep_vis, score, cfg)
+        return decision
+
+    @staticmethod
+    def _recycle(decision: Decision, view, deleted: torch.Tensor, score: torch.Tensor, cfg) -> None:
+        """Merge each row's best-rated deleted tokens (view.h: the pruning layer's outputs)."""
+        B, _, D = view.h.shape
+        merged, pos = [], []
+        for b in range(B):
+            idx = deleted[b].nonzero(as_tuple=True)[0]  # ascending
+            rec = sparsevlm_recycle(view.h[b:b + 1, idx], score[b:b + 1, idx], cfg.sparsevlm_recycle_ratio,
+                                    cfg.sparsevlm_cluster_div) if idx.numel() else None
+            if rec is None:
+                merged.append(view.h.new_zeros(0, D))
+                pos.append(view.positions.new_zeros(0))
+                continue
+            members = idx[rec.chosen[0]]  # (m,) layout indices of the recycled tokens
+            c = rec.tokens.shape[1]
+            p = torch.zeros(c, device=view.h.device).scatter_add_(0, rec.assign[0], view.positions[b, members].float())
+            cnt = torch.zeros(c, device=view.h.device).scatter_add_(0, rec.assign[0], torch.ones_like(p[rec.assign[0]]))
+            merged.append(rec.tokens[0])
+            pos.append(p / cnt)  # retain mode only: the mean position of the members
+        m = max(t.shape[0] for t in merged)
+        if m == 0:
+            return
+        decision.extra_h = view.h.new_zeros(B, m, D)
+        decision.extra_pos = torch.zeros(B, m, device=view.h.device)
+        decision.extra_valid = torch.zeros(B, m, dtype=torch.bool, device=view.h.device)
+        for b, (t, p) in enumerate(zip(merged, pos)):
+            decision.extra_h[b, : t.shape[0]] = t
+            decision.extra_pos[b, : t.shape[0]] = p
+            decision.extra_valid[b, : t.shape[0]] = True
+
+
+def rank_scale_bias(cfg) -> tuple[float, float]:
+    """(scale, bias) of the rank rule: the options, or SparseVLM v1's values for n_vis."""
+    if cfg.sparsevlm_rank_scale is not None and cfg.sparsevlm_rank_bias is not None:
+        return float(cfg.sparsevlm_rank_scale), float(cfg.sparsevlm_rank_bias)
+    if cfg.n_vis not in SPARSEVLM_V1_RANK:
+        raise ValueError(f"sparsevlm_count=rank has SparseVLM v1's (scale, bias) for n_vis in "
+                         f"{sorted(SPARSEVLM_V1_RANK)}, not {cfg.n_vis}: set sparsevlm_rank_scale and sparsevlm_rank_bias")
+    scale, bias = SPARSEVLM_V1_RANK[cfg.n_vis]
+    return (float(cfg.sparsevlm_rank_scale) if cfg.sparsevlm_rank_scale is not None else scale,
+            float(cfg.sparsevlm_rank_bias) if cfg.sparsevlm_rank_bias is not None else bias)
