@@ -303,3 +303,34 @@ def test_attention_probs_matches_softmax_with_gqa():
     kk = k.repeat_interleave(2, dim=1)
     ref = ((q @ kk.transpose(-1, -2)) / 8 ** 0.5).masked_fill(~allowed[:, None], float("-inf")).softmax(-1)
     torch.testing.assert_close(p, ref)
+
+
+# ----------------------------------------------------------------------------- efficiency
+def test_efficiency_counts_per_layer_lengths():
+    """FastV K=1 on 4 layers: layer 0 at the full length L, layers 1..3 at L - (N - R), plus the
+    last token's attention row at layer 0 (2 H L d); the formula written out here by hand."""
+    from llava_restore.analysis.efficiency import make_variants, measure, synthetic_batch
+
+    tok, model, proc = tiny4()
+    ids, mask, px = synthetic_batch(model, 1, 35, 30, "cpu")
+    variants = make_variants(["fastv", "pdrop"], [300], [False, True], ["fastv_k=1", "pdrop_layers=[1,2,3]"])
+    assert [v.name for v in variants] == ["full", "fastv-n300", "pdrop-n300"]  # no RESTORE variant
+    rows = {r["name"]: r for r in measure(model, ids, mask, px, variants, repeats=1, warmup=0, clock="process")}
+    t = model.config.text
+    D, F, H, Hkv, d = t.hidden_size, t.intermediate_size, t.num_attention_heads, t.num_key_value_heads, t.head_dim
+
+    def layer(L):
+        return 2 * L * D * H * d + 2 * L * D * 2 * Hkv * d + 2 * L * H * d * D + 4 * H * L * L * d + 6 * L * D * F
+
+    L = 35 + N + 30
+    R = (4 * 300 - N) // 3  # 208
+    assert rows["full"]["llm_flops"] == 4 * layer(L)
+    assert rows["fastv-n300"]["llm_flops"] == layer(L) + 3 * layer(L - (N - R)) + 2 * H * L * d
+    assert rows["fastv-n300"]["visual_per_layer"] == [N, R, R, R]
+    assert rows["fastv-n300"]["n_vis_layer_average"] == 300
+    # PDrop: one q/k/v projection of the entering tokens + the row, at each of its 3 drops
+    counts = rows["pdrop-n300"]["visual_per_layer"]
+    lens = [L - (N - c) for c in counts]
+    score = sum(2 * Lb * D * (H + 2 * Hkv) * d + 2 * H * Lb * d for Lb in lens[:3])
+    assert rows["pdrop-n300"]["llm_flops"] == sum(layer(x) for x in lens) + score
+    assert rows["pdrop-n300"]["kv_bytes_measured"] == sum(2 * Hkv * d * x * 4 for x in lens)

@@ -39,8 +39,10 @@ from llava_restore.reduction import anchor_merge, get_reducer, reduce_visual_tok
 from llava_restore.reduction.base import Reducer, ReductionInputs
 from llava_restore.reduction.common import floor_fraction, gather_rows
 from llava_restore.reduction.config import ReductionConfig, make_reduction_config
+from llava_restore.reduction.inllm import is_in_llm
 
-from .flops import LlamaDims, anchor_flops, kv_cache_bytes, llm_prefill_flops, vision_flops
+from .flops import (LlamaDims, anchor_flops, inllm_score_flops, kv_cache_bytes, kv_cache_bytes_layers,
+                    llm_prefill_flops, llm_prefill_flops_layers, vision_flops)
 
 
 @dataclass
@@ -54,11 +56,12 @@ class Variant:
 
 
 def make_variants(methods: list[str], n_vis: list[int], restore: list[bool], opts: list[str]) -> list[Variant]:
+    """In-LLM methods (fastv, pdrop) are comparison rows without RESTORE: only their plain variant."""
     out = [Variant("full", None)]
     for m in methods:
         get_reducer(m)  # unknown names fail listing the known ones
         for n in n_vis:
-            for r in restore:
+            for r in ([False] if is_in_llm(m) else restore):
                 cfg = make_reduction_config(list(opts), method=m, n_vis=n, restore=r).resolve()
                 out.append(Variant(f"{m}-n{n}" + ("-restore" if r else ""), cfg))
     return out
@@ -164,7 +167,8 @@ def measure(model, ids, mask, pixels, variants: list[Variant], repeats: int, war
             return model(ids, mask, pixels, reduction=v.cfg, use_cache=True, padding_side="left")
 
         # each reduction's own inputs (plain VisionZip also needs the CLS feature and the tower's keys)
-        red_inputs = {v.name: model.encode_for_reduction(pixels, v.cfg) for v in variants if v.cfg is not None}
+        red_inputs = {v.name: model.encode_for_reduction(pixels, v.cfg) for v in variants
+                      if v.cfg is not None and not is_in_llm(v.cfg.method)}  # in-LLM: ranked inside the prefill
 
         def reduce(v: Variant):
             proj_v, inputs = red_inputs[v.name]
@@ -182,20 +186,20 @@ def measure(model, ids, mask, pixels, variants: list[Variant], repeats: int, war
                 anchor_jobs[v.name] = (y, v.cfg.n_vis - n_keep, v.cfg.anchor_rule, sel.dropped)
 
         times = {v.name: [] for v in variants}
-        red_times = {v.name: [] for v in variants if v.cfg is not None}
+        red_times = {v.name: [] for v in variants if v.name in red_inputs}
         anc_times = {k: [] for k in anchor_jobs}
         for r in range(warmup + repeats):
             k = r % len(variants)
             for v in variants[k:] + variants[:k]:  # rotate the order: no configuration always goes first
                 dt = timed(lambda: prefill(v), device, clock)
-                if v.cfg is not None:
+                if v.name in red_times:
                     rt = timed(lambda: reduce(v), device, clock)
                 if v.name in anchor_jobs:
                     y, n_m, rule, idx = anchor_jobs[v.name]
                     at = timed(lambda: anchor_merge(y, n_m, rule, seed=v.cfg.seed, token_index=idx), device, clock)
                 if r >= warmup:
                     times[v.name].append(dt)
-                    if v.cfg is not None:
+                    if v.name in red_times:
                         red_times[v.name].append(rt)
                     if v.name in anchor_jobs:
                         anc_times[v.name].append(at)
@@ -205,7 +209,18 @@ def measure(model, ids, mask, pixels, variants: list[Variant], repeats: int, war
             out = prefill(v)
             L = out.prepared.valid.sum(1).tolist()  # per-sample prefill lengths
             peak, peak_kind = peak_bytes(lambda: prefill(v), device)
-            llm = sum(llm_prefill_flops(dims, int(n)) for n in L) / len(L)
+            inllm = out.prepared.inllm
+            if inllm is None:
+                llm = sum(llm_prefill_flops(dims, int(n)) for n in L) / len(L)
+                kv_formula = sum(kv_cache_bytes(dims, int(n), elem) for n in L) / len(L)
+                seq, per_layer, n_avg = sum(L) / len(L), None, (N if v.cfg is None else v.cfg.n_vis)
+            else:  # per-layer lengths: the layers before a drop at full length
+                lengths = inllm.tokens_per_layer.tolist()  # (B, layers) real tokens per row
+                llm = sum(llm_prefill_flops_layers(dims, row) + inllm_flops(dims, inllm, b) for b, row in enumerate(lengths))
+                llm /= len(lengths)
+                kv_formula = sum(kv_cache_bytes_layers(dims, row, elem) for row in lengths) / len(lengths)
+                seq = sum(sum(row) / len(row) for row in lengths) / len(lengths)
+                per_layer, n_avg = inllm.schedule.counts, inllm.schedule.average
             anc = 0
             if v.name in anchor_jobs:
                 y = anchor_jobs[v.name][0]
@@ -213,13 +228,14 @@ def measure(model, ids, mask, pixels, variants: list[Variant], repeats: int, war
             rows.append({
                 "name": v.name, "method": v.method, "n_vis": N if v.cfg is None else v.cfg.n_vis,
                 "restore": bool(v.cfg is not None and v.cfg.restore),
-                "seq_len": sum(L) / len(L),
+                "n_vis_layer_average": n_avg, "visual_per_layer": per_layer,
+                "seq_len": seq,
                 "prefill_ms": statistics.median(times[v.name]), "prefill_ms_all": times[v.name],
                 "llm_flops": llm, "vision_flops": vis_fl, "anchor_flops": anc,
                 "total_flops": llm + vis_fl + anc,
                 "peak_bytes": peak, "peak_kind": peak_kind,
                 "kv_bytes_measured": cache_bytes(out.cache) / len(L),
-                "kv_bytes_formula": sum(kv_cache_bytes(dims, int(n), elem) for n in L) / len(L),
+                "kv_bytes_formula": kv_formula,
                 "reduce_ms": statistics.median(red_times[v.name]) if v.name in red_times else 0.0,
                 "anchor_ms": statistics.median(anc_times[v.name]) if v.name in anc_times else 0.0,
             })
@@ -233,14 +249,20 @@ def measure(model, ids, mask, pixels, variants: list[Variant], repeats: int, war
     return rows
 
 
+def inllm_flops(dims: LlamaDims, report, row: int) -> int:
+    """Row ``row``'s rankings at its drops (``flops.inllm_score_flops``)."""
+    return sum(inllm_score_flops(dims, int(L[row]), n_q, own_layer=e.score_layer == e.drop_layer - 1)
+               for e, L, n_q in report.scored)
+
+
 # ------------------------------------------------------------------------------ report
 def table(rows: list[dict]) -> str:
-    head = ["config", "tokens L", "prefill ms", "speed-up", "FLOP limit", "LLM FLOP limit", "LLM GFLOPs",
+    head = ["config", "n_vis (layer avg)", "tokens L", "prefill ms", "speed-up", "FLOP limit", "LLM FLOP limit", "LLM GFLOPs",
             "peak MiB", "KV MiB", "reduce ms", "anchor ms", "anchor FLOPs %"]
     out = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     for r in rows:
         out.append("| " + " | ".join([
-            r["name"], f"{r['seq_len']:.0f}", f"{r['prefill_ms']:.2f}", f"{r['speedup']:.2f}x",
+            r["name"], f"{r['n_vis_layer_average']:.1f}", f"{r['seq_len']:.0f}", f"{r['prefill_ms']:.2f}", f"{r['speedup']:.2f}x",
             f"{r['flop_speedup_limit']:.2f}x", f"{r['llm_flop_speedup_limit']:.2f}x", f"{r['llm_flops'] / 1e9:.3f}",
             f"{r['peak_bytes'] / 2**20:.1f}", f"{r['kv_bytes_measured'] / 2**20:.2f}", f"{r['reduce_ms']:.2f}",
             f"{r['anchor_ms']:.2f}", f"{100 * r['anchor_flops_share']:.3f}"]) + " |")
@@ -273,7 +295,8 @@ def parse_args(argv=None):
     ap.add_argument("--prefix-len", type=int, default=35, help="synthetic: tokens before the image (vicuna_v1: 35)")
     ap.add_argument("--suffix-len", type=int, default=30, help="synthetic: tokens after the image")
     ap.add_argument("--conv-mode", default="vicuna_v1")
-    ap.add_argument("--methods", default="divprune,vispruner,holov")
+    ap.add_argument("--methods", default="divprune,vispruner,holov",
+                    help="comma-separated; in-LLM methods (fastv, pdrop) run without RESTORE only")
     ap.add_argument("--n-vis", default="64,128,192")
     ap.add_argument("--restore", choices=["both", "on", "off"], default="both")
     ap.add_argument("--reduction-opts", nargs="*", default=[], metavar="KEY=VALUE")
@@ -335,6 +358,11 @@ def main(argv=None) -> dict:
     for r in result["restore_vs_plain"]:
         md.append(f"| {r['method']} | {r['n_vis']} | {r['plain_speedup']:.2f}x | {r['restore_speedup']:.2f}x | "
                   f"{r['restore_over_plain_time']:.3f} |")
+    staged = [r for r in rows if r["visual_per_layer"] is not None]
+    if staged:  # in-LLM methods: n_vis is the layer average of these counts (per image)
+        md += ["", "| config | n_vis (layer average) | visual tokens per layer |", "|---|---|---|"]
+        md += [f"| {r['name']} | {r['n_vis_layer_average']:.2f} | {' '.join(map(str, r['visual_per_layer']))} |"
+               for r in staged]
     (out / "efficiency.md").write_text("\n".join(md) + "\n", encoding="utf-8")
     print("\n".join(md))
     print(f"wrote {out / 'efficiency.json'} and {out / 'efficiency.md'}")

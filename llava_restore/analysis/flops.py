@@ -76,3 +76,30 @@ def anchor_flops(M: int, D: int) -> int:
 def kv_cache_bytes(m: LlamaDims, L: int, bytes_per_elem: int) -> int:
     """Keys and values of every layer for L tokens of one sample."""
     return 2 * m.layers * m.kv_heads * m.head_dim * L * bytes_per_elem
+
+
+# ----------------------------------------------------------------------------- in-LLM reduction
+# FastV / PDrop change the sequence length between layers: layer i runs on its own L_i (the first
+# K layers at full length), so the decoder cost is the sum of the per-layer costs above.  Their
+# ranking adds, per drop, the explicit attention rows of n_q queries over L keys (2·H·n_q·L·d) and,
+# when the ranking layer's q/k are computed on the sequence entering it (PDrop), one extra q/k/v
+# projection of those L tokens.
+
+def llm_prefill_flops_layers(m: LlamaDims, lengths) -> int:
+    """One sample's prefill when layer i runs on lengths[i] tokens (len(lengths) == layers)."""
+    if len(lengths) != m.layers:
+        raise ValueError(f"need one length per layer ({m.layers}), got {len(lengths)}")
+    return sum(sum(llm_layer_flops(m, int(L)).values()) for L in lengths)
+
+
+def inllm_score_flops(m: LlamaDims, L: int, n_q: int, own_layer: bool) -> int:
+    """One drop's ranking: n_q attention rows over L keys; + the q/k/v projection of L tokens
+    unless the scores come from the layer's own forward (``own_layer``)."""
+    rows = 2 * m.heads * n_q * L * m.head_dim
+    proj = 0 if own_layer else 2 * L * m.hidden * (m.heads + 2 * m.kv_heads) * m.head_dim
+    return rows + proj
+
+
+def kv_cache_bytes_layers(m: LlamaDims, lengths, bytes_per_elem: int) -> int:
+    """Keys and values when layer i caches lengths[i] tokens."""
+    return sum(2 * m.kv_heads * m.head_dim * int(L) * bytes_per_elem for L in lengths)

@@ -117,6 +117,7 @@ class LayerView:
     n_images: torch.Tensor  # (B,) long
     k: torch.Tensor  # (B, Hkv, L, d) keys of score_layer (RoPE applied)
     q_rows: Callable[[torch.Tensor], torch.Tensor]  # rows (B, n_q) -> q (B, H, n_q, d)
+    n_q: int = 0  # query rows asked for so far (the efficiency report counts their cost)
     # the decoder's input layout (SparseVLM's raters come from the input embeddings): h0 (B, L0, D),
     # valid0 / visual0 (B, L0) bool, and orig (B, L): each current token's input index (-1: inserted)
     h0: Optional[torch.Tensor] = None
@@ -134,6 +135,7 @@ class LayerView:
         return (kj[None, None, :] <= rows[:, :, None]) & self.valid[:, None, :]
 
     def probs(self, rows: torch.Tensor) -> torch.Tensor:
+        self.n_q += rows.shape[1]
         return attention_probs(self.q_rows(rows), self.k, self.allowed(rows))
 
     def text_after_image(self) -> torch.Tensor:
@@ -371,6 +373,8 @@ class InLLMReport:
     tokens_per_layer: torch.Tensor
     schedule: Schedule
     kept: list = field(default_factory=list)  # per drop: (B, L0) bool over the input layout, True = still there
+    # per drop: (event, real tokens entering it (B,), query rows ranked with) -- for the FLOP count
+    scored: list = field(default_factory=list)
 
     @property
     def average(self) -> torch.Tensor:
@@ -410,6 +414,7 @@ class InLLMState:
         self.visual_per_layer = torch.zeros(valid.shape[0], n_layers, dtype=torch.long, device=valid.device)
         self.tokens_per_layer = torch.zeros_like(self.visual_per_layer)
         self.kept: list = []
+        self.scored: list = []
 
     # ------------------------------------------------------------------ hooks
     def probe(self, i: int):
@@ -437,6 +442,7 @@ class InLLMState:
                              k=k, q_rows=lambda rows, q=q: q.gather(2, rows[:, None, :, None].expand(
                                  q.shape[0], q.shape[1], rows.shape[1], q.shape[3])))
             decision = self.policy.decide(event, view, self.cfg)
+            self.scored.append((event, self.valid.sum(1), view.n_q))
             out = self.apply(i, decision, h, positions, ctx)
         self.visual_per_layer[:, i] = (self.visual & self.valid).sum(1)
         self.tokens_per_layer[:, i] = self.valid.sum(1)
@@ -453,7 +459,7 @@ class InLLMState:
         return out
 
     def report(self) -> InLLMReport:
-        return InLLMReport(self.visual_per_layer, self.tokens_per_layer, self.schedule, self.kept)
+        return InLLMReport(self.visual_per_layer, self.tokens_per_layer, self.schedule, self.kept, self.scored)
 
     # ------------------------------------------------------------------ the drop
     def apply(self, i, decision: Decision, h, positions, ctx):

@@ -7,6 +7,12 @@ Each line is the median of --repeats timed calls after one warm-up.  Base pruner
 the full budget n (the published baseline) and at n_keep = n // 2 (their Stage A under RESTORE).
 Anchor selection is timed on the M = N - n_keep pruned tokens with n - n_keep anchors; its ratio
 is given to each main base pruner's time at n.
+
+In-LLM methods (FastV, PDrop at their default schedules for n): a random LLaMA decoder of the
+paper's depth (32 layers; width --llm-hidden, 1/8 of 7B's by default so a CPU can run it) on
+prefix 35 + N visual + suffix 30 tokens, timed round-robin against the full prefill and against
+a pre-LLM pruner's prefill of n visual tokens; ratios and the FLOP limits (flops.py) side by side.
+--threads 1 --clock process on a shared CPU.
 """
 from __future__ import annotations
 
@@ -15,6 +21,11 @@ import statistics
 import time
 
 import torch
+
+from llava_restore.analysis.flops import LlamaDims, inllm_score_flops, llm_prefill_flops, llm_prefill_flops_layers
+from llava_restore.model.attention import AttnContext
+from llava_restore.model.config import TextConfig
+from llava_restore.model.llama import LlamaDecoder
 
 from llava_restore.reduction import (
     ANCHOR_RULES,
@@ -27,6 +38,8 @@ from llava_restore.reduction import (
     vispruner_select,
     visionzip_partition,
 )
+from llava_restore.reduction.config import make_reduction_config
+from llava_restore.reduction.inllm import build_state
 
 
 def timed(fn, repeats: int, device: str) -> float:
@@ -53,7 +66,18 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    ap.add_argument("--clock", choices=["wall", "process"], default="wall",
+                    help="process: this process's CPU time (with --threads 1 on a shared CPU)")
+    ap.add_argument("--inllm", default="fastv,pdrop", help="in-LLM methods to time in a prefill ('' = none)")
+    ap.add_argument("--llm-hidden", type=int, default=512)
+    ap.add_argument("--llm-layers", type=int, default=32)
+    ap.add_argument("--llm-heads", type=int, default=8)
+    ap.add_argument("--llm-mlp", type=int, default=1376)
+    ap.add_argument("--prefill-repeats", type=int, default=5)
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     g = torch.Generator().manual_seed(args.seed)
     N, n = args.n_tokens, args.n_vis
@@ -96,6 +120,85 @@ def main() -> None:
         ms = timed(lambda: anchor_merge(y, n_merge, rule, token_index=pos), args.repeats, args.device)
         ratios = "".join(f"{ms / prune_ms[m]:>12.3f}" for m in main_methods)
         print(f"{rule:<12}{ms:>10.2f}{ratios}")
+
+    methods = [m for m in args.inllm.split(",") if m]
+    if methods:
+        inllm_prefill(args, methods)
+
+
+def inllm_prefill(args, methods: list[str]) -> None:
+    """Prefill of a random decoder: full vs each in-LLM method at n vs n visual tokens pruned
+    before the LLM, round-robin, median of --prefill-repeats."""
+    torch.manual_seed(args.seed)
+    t = TextConfig(hidden_size=args.llm_hidden, intermediate_size=args.llm_mlp, num_hidden_layers=args.llm_layers,
+                   num_attention_heads=args.llm_heads, num_key_value_heads=args.llm_heads,
+                   head_dim=args.llm_hidden // args.llm_heads, vocab_size=32)
+    dec = LlamaDecoder(t).to(args.device).eval()
+    with torch.no_grad():
+        for p in dec.parameters():
+            if p.dim() > 1:
+                p.normal_(0.0, 0.02)
+    N, n, pre, suf = args.n_tokens, args.n_vis, 35, 30
+    dims = LlamaDims.of(t)
+    clock = time.process_time if args.clock == "process" else time.perf_counter
+    sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
+
+    def inputs(n_visual):
+        L = pre + n_visual + suf
+        h = torch.randn(1, L, t.hidden_size, device=args.device)
+        valid = torch.ones(1, L, dtype=torch.bool, device=args.device)
+        visual = torch.zeros_like(valid)
+        visual[:, pre:pre + n_visual] = True
+        pos = torch.arange(L, device=args.device, dtype=torch.float32)[None]
+        return h, valid, visual, pos
+
+    def runner(method):
+        n_visual = n if method == "pruned-before-LLM" else N
+        h, valid, visual, pos = inputs(n_visual)
+        cfg = None if method in ("full", "pruned-before-LLM") else make_reduction_config(method=method, n_vis=n).resolve()
+
+        def go():
+            ctx = AttnContext(key_valid=valid, query_pos=pos, key_pos=pos, backend="sdpa")
+            hooks = None if cfg is None else build_state(cfg, t.num_hidden_layers, N, valid, visual, pos,
+                                                         pos[:, -1] + 1, "left")
+            with torch.no_grad():
+                dec(h, pos, ctx, None, hooks)
+            return hooks
+
+        return go
+
+    names = ["full", "pruned-before-LLM"] + methods
+    fns = {m: runner(m) for m in names}
+    flops, layout = {}, {}
+    for m in names:
+        hooks = fns[m]()  # warm-up, and the per-layer lengths
+        if hooks is None:
+            L = pre + (n if m == "pruned-before-LLM" else N) + suf
+            flops[m], layout[m] = llm_prefill_flops(dims, L), f"{L} tokens at every layer"
+        else:
+            rep = hooks.report()
+            lengths = rep.tokens_per_layer[0].tolist()
+            score = sum(inllm_score_flops(dims, int(Lb[0]), nq, e.score_layer == e.drop_layer - 1)
+                        for e, Lb, nq in rep.scored)
+            flops[m] = llm_prefill_flops_layers(dims, lengths) + score
+            layout[m] = f"visual/layer avg {rep.schedule.average:.1f}: " + " ".join(map(str, rep.schedule.counts))
+    times = {m: [] for m in names}
+    for r in range(args.prefill_repeats):
+        order = names[r % len(names):] + names[:r % len(names)]  # rotate: nobody always goes first
+        for m in order:
+            sync()
+            t0 = clock()
+            fns[m]()
+            sync()
+            times[m].append((clock() - t0) * 1e3)
+    med = {m: statistics.median(v) for m, v in times.items()}
+    print(f"\nprefill, random decoder {t.num_hidden_layers} layers x {t.hidden_size} wide, {pre} + N={N} visual + "
+          f"{suf} tokens, n={n}; {args.clock} clock, threads={torch.get_num_threads()}, "
+          f"median of {args.prefill_repeats} round-robin")
+    print(f"{'config':<20}{'ms':>10}{'time/full':>11}{'speed-up':>10}{'FLOP limit':>12}  layout")
+    for m in names:
+        print(f"{m:<20}{med[m]:>10.1f}{med[m] / med['full']:>11.3f}{med['full'] / med[m]:>9.2f}x"
+              f"{flops['full'] / flops[m]:>11.2f}x  {layout[m]}")
 
 
 if __name__ == "__main__":
