@@ -113,3 +113,16 @@ def test_paper_flag_adds_the_column_and_rejects_unknown_names(tmp_path, capsys):
     assert "paper avg rel%" in header
     assert ablate.main([str(plain), "--benchmarks", "gqa,pope", "--out", str(out), "--paper", "nope"]) == 2
     assert "unknown paper table 'nope'" in capsys.readouterr().err
+
+
+def test_table1_grid_expands_with_a_published_value_for_every_run():
+    from pathlib import Path
+
+    g = load_grid(Path(__file__).resolve().parents[1] / "ablations" / "table1.yaml")
+    assert not g.duplicates and g.paper is not None
+    # full + FastV/PDrop/SparseVLM/ToMe x 3 + VisionZip/DivPrune/VisPruner/HoloV x 3 x +-RESTORE
+    assert len(g.runs) == 1 + 4 * 3 + 4 * 3 * 2
+    assert g.benchmarks == ["gqa", "mmbench", "mme", "pope", "sqa", "vqav2", "textvqa", "seed"]
+    cells = {(r.settings.reduction.method, r.settings.reduction.restore, r.settings.reduction.n_vis) for r in g.runs[1:]}
+    assert cells == {k for k in g.paper.values}  # exactly the paper's 36 cells
+    assert all(r.settings.eval.vision_cache == 512 for r in g.runs)

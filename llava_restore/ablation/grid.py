@@ -37,7 +37,8 @@ import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from llava_restore.reduction import ANCHOR_RULES, known_reducers
+from llava_restore.reduction import ANCHOR_RULES
+from llava_restore.reduction.registry import known_methods
 from llava_restore.reduction.config import ReductionConfig
 
 from .paper import load_paper
@@ -157,7 +158,7 @@ def check_value(key: str, value: Any, src: _Source, path: tuple) -> Any:
             cfg.validate()
         except ValueError as exc:
             raise src.fail(path, f"bad value {value!r} for {key}: {exc}") from None
-        if name == "method" and typed not in ["none"] + known_reducers():
+        if name == "method" and typed not in ["none"] + known_methods():
             raise src.fail(path, f"unknown reduction method {typed!r} for {key}; known: {['none'] + known_reducers()}")
         if name == "anchor_rule" and typed not in ANCHOR_RULES:
             raise src.fail(path, f"unknown anchor rule {typed!r} for {key}; known: {sorted(ANCHOR_RULES)}")
