@@ -253,13 +253,14 @@ def test_kv_cache_decoding_equals_recomputation(spec):
 
 
 @pytest.mark.parametrize("spec", [FASTV, PDROP], ids=["fastv", "pdrop"])
-def test_sdpa_equals_eager(spec):
+@pytest.mark.parametrize("backend", ["sdpa", "flex"])
+def test_sdpa_and_flex_equal_eager(spec, backend):
     tok, model, proc = tiny4()
     ids, mask, images, _ = make_batch(tok, proc, ["What is it?", "Where is the small red thing now?"], [1, 2])
     cfg = cfg_dict(spec)
     eager = model(ids, mask, images, reduction=cfg, padding_side="left", attn_backend="eager").logits[:, -1]
-    sdpa = model(ids, mask, images, reduction=cfg, padding_side="left", attn_backend="sdpa").logits[:, -1]
-    torch.testing.assert_close(sdpa, eager, rtol=1e-4, atol=1e-4)
+    other = model(ids, mask, images, reduction=cfg, padding_side="left", attn_backend=backend).logits[:, -1]
+    torch.testing.assert_close(other, eager, rtol=1e-4, atol=1e-4)
 
 
 # ----------------------------------------------------------------------------- bad options
