@@ -139,17 +139,17 @@ def test_position_rep_alternatives(rep):
         torch.testing.assert_close(pv[j], want, rtol=0, atol=1e-6)
 
 
-def test_reindex_option_is_1d():
+def test_position_mode_is_retain_under_mrope():
+    """reindex (the plain-pruning preset) also keeps the 3-D ids on Qwen2.5-VL: same sequence as retain."""
     tok, model, proc = loaded()
-    images = process(proc, [image(0, SIZES[0])])
+    images = process(proc, [image(0, SIZES[1])])
     ids = prompt_ids(tok, "Hi", 1)[None]
-    prep = model.prepare_multimodal(ids, images=images,
-                                    reduction=model._resolve(make_reduction_config(method="divprune", n_vis=5,
-                                                                                   position_mode="reindex")))
-    vis = prep.positions[0][prep.visual[0]]
-    start = vis[0, 0].item()
-    assert vis.tolist() == [[start + i] * 3 for i in range(5)]
-    assert prep.next_pos.item() == prep.positions[0, -1, 0].item() + 1
+    preps = [model.prepare_multimodal(ids, images=images, reduction=model._resolve(
+        make_reduction_config(method="holov", n_vis=9, position_mode=mode))) for mode in ("reindex", "retain")]
+    assert torch.equal(preps[0].positions, preps[1].positions) and torch.equal(preps[0].embeds, preps[1].embeds)
+    vis = preps[0].positions[0][preps[0].visual[0]]
+    assert bool((vis[1:, 1] * 100 + vis[1:, 2] > vis[:-1, 1] * 100 + vis[:-1, 2]).all())  # raster order
+    assert len({tuple(v) for v in vis[:, 1:].tolist()}) == 9
 
 
 def test_n_equals_N_restore_off_equals_unreduced():

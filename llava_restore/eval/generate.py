@@ -41,6 +41,8 @@ from llava_restore.eval.answers import (AnswerFileError, AnswerWriter, Duplicate
 from llava_restore.model.config import CheckpointError
 from llava_restore.model.attention import SDPA_KERNELS, sdpa_kernels
 from llava_restore.model.conversation import build_prompt, conv_templates
+from llava_restore.model.qwen2_5_vl import (CHAT_TEMPLATE, ImageBudgetError, Qwen2_5_VLForRestore, chat_prompt_ids,
+                                            default_conv_mode, process_qwen_images)
 from llava_restore.model.mm_utils import ImageLoadError, load_image, pad_sequences, process_images, tokenizer_image_token
 from llava_restore.model.vision import VisionCache
 from llava_restore.reduction.cli import add_reduction_args, reduction_config_from_args
@@ -61,7 +63,7 @@ class MissingImageError(ValueError):
 
 # Input errors a CLI reports as one line (exit status 1) instead of a traceback.
 INPUT_ERRORS = (AnswerFileError, DuplicateAnswerError, MergeError, QuestionFileError, MissingImageError,
-                ImageLoadError, CheckpointError, FileNotFoundError)
+                ImageLoadError, CheckpointError, FileNotFoundError, ImageBudgetError)
 
 
 # ----------------------------------------------------------------------------- samples and adapters
@@ -261,7 +263,9 @@ def add_model_args(ap: argparse.ArgumentParser, default_model_path: Optional[str
 
 def add_decoding_args(ap: argparse.ArgumentParser) -> None:
     g = ap.add_argument_group("decoding (LLaVA's flags; every v1_5 eval script passes --temperature 0)")
-    g.add_argument("--conv-mode", default="vicuna_v1", help=f"one of {sorted(conv_templates)}")
+    g.add_argument("--conv-mode", default=None,
+                   help=f"one of {sorted(conv_templates) + [CHAT_TEMPLATE]} ({CHAT_TEMPLATE}: the tokenizer's own, "
+                        f"Qwen2.5-VL); default: {CHAT_TEMPLATE} for a Qwen2.5-VL folder, else vicuna_v1")
     g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (LLaVA-1.5 eval)")
     g.add_argument("--top_p", type=float, default=None)
     g.add_argument("--num_beams", type=int, default=1, help="only 1 (as LLaVA-1.5 eval)")
@@ -283,8 +287,9 @@ def add_decoding_args(ap: argparse.ArgumentParser) -> None:
 
 def settings_from_args(args: argparse.Namespace, adapter: Adapter, parser: argparse.ArgumentParser) -> GenSettings:
     """GenSettings of parsed args; bad values end in ``parser.error`` naming the flag."""
-    if args.conv_mode not in conv_templates:
-        parser.error(f"--conv-mode {args.conv_mode!r} is unknown; known: {sorted(conv_templates)}")
+    args.conv_mode = args.conv_mode or default_conv_mode(args.model_path)
+    if args.conv_mode not in conv_templates and args.conv_mode != CHAT_TEMPLATE:
+        parser.error(f"--conv-mode {args.conv_mode!r} is unknown; known: {sorted(conv_templates) + [CHAT_TEMPLATE]}")
     if args.batch_size < 1:
         parser.error(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.pad_multiple < 1:
@@ -457,15 +462,23 @@ def answer_batch(bundle: ModelBundle, batch: List[tuple], settings: GenSettings,
                  vision_cache: Optional[VisionCache] = None) -> tuple:
     """Generate for ``[(sample, image or None), ...]``; returns (texts, generate seconds)."""
     tok, model, dev = bundle.tokenizer, bundle.model, bundle.device
-    ids = [tokenizer_image_token(build_prompt(s.question, settings.conv_mode), tok, return_tensors="pt")
-           for s, _ in batch]
+    qwen = isinstance(model, Qwen2_5_VLForRestore)  # Qwen's chat template and dynamic-resolution images
+    if qwen:
+        ids = [chat_prompt_ids(s.question, tok, settings.conv_mode) for s, _ in batch]
+    else:
+        ids = [tokenizer_image_token(build_prompt(s.question, settings.conv_mode), tok, return_tensors="pt")
+               for s, _ in batch]
     # batches are padded to a multiple of settings.pad_multiple so their shapes repeat (GPU
     # attention/matmul back-ends plan per shape); single prompts are not padded at all
     multiple = settings.pad_multiple if len(ids) > 1 else 1
     input_ids, mask = pad_sequences(ids, tok.pad_token_id, side="left", multiple_of=multiple)  # (B, L)
     imgs = [img for _, img in batch if img is not None]
     images = None
-    if imgs:
+    extra = {}  # Qwen: errors name the image files (N differs per image)
+    if imgs and qwen:
+        images = process_qwen_images(imgs, bundle.processor, dev, bundle.dtype)
+        extra["image_names"] = [s.image_ref for s, img in batch if img is not None]
+    elif imgs:
         images = process_images(imgs, bundle.processor, model.config.image_aspect_ratio)  # (n_img, 3, H, W)
         images = images.to(dev, dtype=bundle.dtype)
     if dev.type == "cuda":
@@ -476,7 +489,7 @@ def answer_batch(bundle: ModelBundle, batch: List[tuple], settings: GenSettings,
                              max_new_tokens=settings.max_new_tokens, do_sample=settings.temperature > 0,
                              temperature=settings.temperature, top_p=settings.top_p, num_beams=settings.num_beams,
                              use_cache=True, attn_backend=settings.attn_impl, generator=generator,
-                             vision_cache=vision_cache)  # (B, T)
+                             vision_cache=vision_cache, **extra)  # (B, T)
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
     texts = [t.strip() for t in tok.batch_decode(out.cpu(), skip_special_tokens=True)]

@@ -67,7 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
 def reduction_slug(cfg) -> str:
     if cfg is None or cfg.method == "none":
         return "full" if cfg is None or not cfg.restore else "full-restore"
-    parts = [cfg.method] + ([f"n{cfg.n_vis}"] if cfg.n_vis is not None else []) + (["restore"] if cfg.restore else [])
+    parts = [cfg.method] + ([f"n{cfg.n_vis}"] if cfg.n_vis is not None else [])
+    parts += [f"r{cfg.keep_ratio:g}"] if getattr(cfg, "keep_ratio", None) is not None else []  # older run.json: none
+    parts += ["restore"] if cfg.restore else []
     return "-".join(parts)
 
 

@@ -236,12 +236,16 @@ class QwenOutput:
     prepared: QwenPrepared | None = None
 
 
+class ImageBudgetError(ValueError):
+    """--n-vis larger than some image's N (the message names the image); a user error in the CLIs."""
+
+
 def image_budget(cfg: ReductionConfig | None, N: int, where: str) -> int:
     """n for one image of N merged tokens: --n-vis (absolute), --keep-ratio r (floor(r N), >= 1) or N."""
     if cfg is None:
         return N
     if cfg.n_vis is not None and cfg.n_vis > N:
-        raise ValueError(f"--n-vis {cfg.n_vis} is larger than {where}'s N={N} merged visual tokens; "
+        raise ImageBudgetError(f"--n-vis {cfg.n_vis} is larger than {where}'s N={N} merged visual tokens; "
                          f"pass a smaller --n-vis or a fraction with --keep-ratio")
     return cfg.budget(N)
 
@@ -306,13 +310,12 @@ class Qwen2_5_VLForRestore(nn.Module):
 
     @staticmethod
     def _resolve(cfg: ReductionConfig | None) -> ReductionConfig | None:
-        """On Qwen2.5-VL an unset position_mode means retain: kept tokens keep their 3-D ids, as
-        transformers' own ids and HoloV's Qwen code do (1-D ``reindex`` is an explicit option)."""
+        """Resolved, with position_mode retain whatever was asked: under M-RoPE every visual token keeps
+        its 3-D ids (a 1-D renumbering would drop the grid the ids encode), as transformers' own ids
+        and HoloV's Qwen2.5-VL code do; the tokens are then ordered by position (raster order)."""
         if cfg is None:
             return None
-        if cfg.position_mode is None:
-            cfg = replace(cfg, position_mode="retain")
-        return cfg.resolve()
+        return replace(cfg.resolve(), position_mode="retain")
 
     # ------------------------------------------------------------------ preparation
     def _image_spans(self, ids: torch.Tensor) -> list[tuple[int, int]]:
@@ -327,9 +330,10 @@ class Qwen2_5_VLForRestore(nn.Module):
 
     def prepare_multimodal(self, input_ids, attention_mask=None, images: QwenImages | None = None, labels=None,
                            reduction: ReductionConfig | None = None, padding_side: str = "right",
-                           text_tail: int = 0) -> QwenPrepared:
+                           text_tail: int = 0, image_names: list[str] | None = None) -> QwenPrepared:
         """``text_tail``: the last that many tokens of every row are text whatever their ids (generated
-        tokens, which may be an image placeholder id, when decoding by recomputation)."""
+        tokens, which may be an image placeholder id, when decoding by recomputation).
+        ``image_names``: how errors name the images (e.g. their files), in batch order."""
         B, L = input_ids.shape
         dev = input_ids.device
         mask = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
@@ -340,9 +344,10 @@ class Qwen2_5_VLForRestore(nn.Module):
                              f"(per sample {[len(s) for s in spans]}) but {n_images} images were given")
         where = [f"image {i} (sample {b}, image {j} of it)" for i, (b, j) in
                  enumerate((b, j) for b in range(B) for j in range(len(spans[b])))]
+        if image_names is not None:
+            where = [f"image {name}" for name in image_names]
         toks = self.encode(images, reduction) if n_images else []
         reds = self.reduce(toks, reduction, where) if n_images else []
-        retain = reduction is None or reduction.position_mode == "retain"
         rep = reduction.position_rep if reduction is not None else "median"
         text_emb = self.model.embed_tokens(input_ids.clamp(min=0))  # (B, L, D)
 
@@ -369,7 +374,7 @@ class Qwen2_5_VLForRestore(nn.Module):
                     raise ValueError(f"{where[img_i]}: {hi - lo} placeholder tokens, expected 1 or its N={N} "
                                      f"(grid {tok.grid_hw[0]}x{tok.grid_hw[1]} merged tokens)")
                 img_i += 1
-                pos, cursor = visual_mrope_ids(r, tok.grid_hw, cursor, retain, rep)
+                pos, cursor = visual_mrope_ids(r, tok.grid_hw, cursor, rep)
                 seg_e.append(r.features[0].to(emb_b.dtype))
                 seg_p.append(pos)
                 seg_v.append(torch.ones(n, dtype=torch.bool, device=dev))
@@ -419,7 +424,8 @@ class Qwen2_5_VLForRestore(nn.Module):
     def forward(self, input_ids, attention_mask=None, images: QwenImages | None = None, labels=None,
                 reduction: ReductionConfig | None = None, cache: KVCache | None = None, use_cache: bool = False,
                 padding_side: str = "right", attn_backend: str | None = None,
-                last_logits_only: bool = False, text_tail: int = 0) -> QwenOutput:
+                last_logits_only: bool = False, text_tail: int = 0,
+                image_names: list[str] | None = None) -> QwenOutput:
         """Prefill (``cache`` None or empty) or one decode step of new text tokens (B, T).
         ``text_tail``: see ``prepare_multimodal``."""
         if last_logits_only and labels is not None:
@@ -427,7 +433,8 @@ class Qwen2_5_VLForRestore(nn.Module):
         reduction = self._resolve(reduction)
         if cache is not None and cache.length > 0:
             return self._decode(input_ids, reduction, cache, attn_backend)
-        prep = self.prepare_multimodal(input_ids, attention_mask, images, labels, reduction, padding_side, text_tail)
+        prep = self.prepare_multimodal(input_ids, attention_mask, images, labels, reduction, padding_side, text_tail,
+                                       image_names)
         cache = KVCache() if (use_cache or cache is not None) else None
         meta = cache if cache is not None else KVCache()
         meta.key_valid, meta.key_pos, meta.key_visual = prep.valid, prep.positions, prep.visual
@@ -464,10 +471,12 @@ class Qwen2_5_VLForRestore(nn.Module):
                  temperature: float = 1.0, top_p: float | None = None, num_beams: int = 1,
                  eos_token_id: int | None = None, pad_token_id: int | None = None, use_cache: bool = True,
                  attn_backend: str | None = None, generator: torch.Generator | None = None,
-                 return_prepared: bool = False, **unused):
+                 return_prepared: bool = False, vision_cache=None, image_names: list[str] | None = None):
         """Greedy (or sampled) decoding of a left-padded batch -> new tokens (B, T), padded after EOS."""
         from .llava_llama import LlavaLlamaForCausalLM
 
+        if vision_cache is not None:
+            raise ValueError("--vision-cache is not supported for Qwen2.5-VL checkpoints")
         if num_beams != 1:
             raise ValueError(f"num_beams={num_beams} is not supported")
         eos = self.config.text.eos_token_id if eos_token_id is None else eos_token_id
@@ -480,7 +489,7 @@ class Qwen2_5_VLForRestore(nn.Module):
         ids, n_steps = input_ids, 0
         pick = LlavaLlamaForCausalLM._pick
         out = self(ids, mask, images, reduction=reduction, use_cache=use_cache, padding_side="left",
-                   attn_backend=attn_backend, last_logits_only=True)
+                   attn_backend=attn_backend, last_logits_only=True, image_names=image_names)
         prepared = out.prepared
         for step in range(max_new_tokens):
             nxt = pick(out.logits[:, -1].float(), do_sample, temperature, top_p, generator)
@@ -549,3 +558,51 @@ def build_qwen_model(cfg: QwenVLConfig, folder: str, sd: dict[str, torch.Tensor]
         model.lm_head.weight = model.model.embed_tokens.weight
     model.visual = visual.to(dtype)
     return model
+
+
+# ------------------------------------------------------------------------------------ evaluation
+CHAT_TEMPLATE = "chat_template"  # --conv-mode: the tokenizer's own chat template (Qwen2.5-VL)
+
+
+def chat_prompt_ids(question: str, tokenizer, conv_mode: str = CHAT_TEMPLATE) -> torch.Tensor:
+    """A LLaVA-style user turn ("<image>\\n..." marks each image) as Qwen chat-template ids (L,):
+    each "<image>" becomes an image entry (<|vision_start|><|image_pad|><|vision_end|>, one placeholder
+    the model expands to the image's N tokens), the newline LLaVA puts after it is dropped."""
+    from llava_restore.constants import DEFAULT_IMAGE_TOKEN
+
+    if conv_mode != CHAT_TEMPLATE:
+        raise ValueError(f"a Qwen2.5-VL checkpoint takes --conv-mode {CHAT_TEMPLATE} (its tokenizer's chat "
+                         f"template), not the LLaVA template {conv_mode!r}")
+    if not getattr(tokenizer, "chat_template", None):
+        raise CheckpointError("the checkpoint's tokenizer has no chat_template (tokenizer_config.json / "
+                              "chat_template.jinja)")
+    content = []
+    for i, part in enumerate(question.split(DEFAULT_IMAGE_TOKEN)):
+        if i > 0:
+            content.append({"type": "image"})
+            part = part[1:] if part.startswith("\n") else part
+        if part:
+            content.append({"type": "text", "text": part})
+    text = tokenizer.apply_chat_template([{"role": "user", "content": content}], tokenize=False,
+                                         add_generation_prompt=True)
+    return torch.tensor(tokenizer(text, add_special_tokens=False).input_ids, dtype=torch.long)
+
+
+def process_qwen_images(imgs, processor, device=None, dtype=None) -> QwenImages:
+    """PIL images -> QwenImages with the processor's dynamic resolution (min_pixels / max_pixels)."""
+    out = processor(images=list(imgs), return_tensors="pt")
+    return QwenImages(out["pixel_values"].to(device=device, dtype=dtype), out["image_grid_thw"].to(device))
+
+
+def default_conv_mode(model_path: str | None) -> str:
+    """The eval CLIs' --conv-mode when none is given: ``chat_template`` for a local Qwen2.5-VL folder
+    (recognised by its config fields), else LLaVA-1.5's ``vicuna_v1``."""
+    import json
+    import os
+
+    conf = os.path.join(os.path.expanduser(model_path or ""), "config.json")
+    if os.path.isfile(conf):
+        with open(conf) as f:
+            if is_qwen2_5_vl_config(json.load(f)):
+                return CHAT_TEMPLATE
+    return "vicuna_v1"

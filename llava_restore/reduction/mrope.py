@@ -91,15 +91,14 @@ def grid_ids(grid_hw: tuple[int, int], device=None) -> torch.Tensor:
     return torch.stack([t // w, t % w], dim=-1)
 
 
-def visual_mrope_ids(result: ReductionResult, grid_hw: tuple[int, int], start: float, retain: bool,
+def visual_mrope_ids(result: ReductionResult, grid_hw: tuple[int, int], start: float,
                      rep: str = "median") -> tuple[torch.Tensor, float]:
     """3-D rotary ids of one image's n output tokens and the position where the text after it starts.
 
-    retain: a kept token keeps (start, start + row, start + col) (an image's t index is 0); a merged
-      token takes its representative member's ids: ``rep`` first/median/last is one member in
-      raster order (median: the lower median), mean averages the members' rows and columns; the
-      text after continues at start + max(H, W), exactly where the unreduced sequence would.
-    not retain (reindex): token i gets start + i on all three axes and the text continues at start + n.
+    A kept token keeps (start, start + row, start + col) (an image's t index is 0); a merged token
+    takes its representative member's ids: ``rep`` first/median/last is one member in raster order
+    (median: the lower median), mean averages the members' rows and columns.  The text after
+    continues at start + max(H, W), exactly where the unreduced sequence would.
     result: a single-sample ReductionResult with N = H*W patches -> ((n, 3) float32, next start).
     """
     if result.features.shape[0] != 1:
@@ -109,11 +108,8 @@ def visual_mrope_ids(result: ReductionResult, grid_hw: tuple[int, int], start: f
     dev = result.features.device
     if N != h * w:
         raise ValueError(f"image grid {h}x{w} has {h * w} merged tokens but the reduction saw N={N}")
-    if not retain:
-        ids = (torch.arange(n, device=dev, dtype=torch.float32) + start)[:, None].expand(n, 3).clone()
-        return ids, start + n
     if bool(result.is_extra.any()):
-        raise ValueError("position_mode=retain cannot place a non-patch token (VisionZip's CLS token) on the "
+        raise ValueError("M-RoPE positions cannot place a non-patch token (VisionZip's CLS token) on the "
                          "M-RoPE grid; Qwen2.5-VL has none: set visionzip_cls=false")
     if rep == "mean":
         rc = grid_ids((h, w), dev).double()  # (N, 2)
