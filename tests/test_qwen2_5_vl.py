@@ -156,3 +156,33 @@ def test_placeholder_count_mismatch_names_the_image():
     two = prompt_ids(tok, "Hi", 2)[None]
     with pytest.raises(ValueError, match="2 image placeholder runs.*1 images"):
         model(two, images=images)
+
+
+def test_transformers_4x_config_layout_loads(tmp_path):
+    """The hub's Qwen2.5-VL config.json (written by transformers 4.x): text fields at the top,
+    rope_scaling {type: mrope, mrope_section}; same model, same logits."""
+    from llava_restore.model.builder import load_pretrained_model
+
+    old = tmp_path / "q4"
+    shutil.copytree(tiny_qwen_folder(), old)
+    conf = json.loads((old / "config.json").read_text())
+    text = conf.pop("text_config")
+    rope = text.pop("rope_parameters")
+    conf.update({k: v for k, v in text.items() if k not in ("model_type", "layer_types")})
+    conf.update(rope_theta=rope["rope_theta"], rope_scaling={"type": "mrope", "mrope_section": rope["mrope_section"]})
+    (old / "config.json").write_text(json.dumps(conf))
+    _, model4, _, _ = load_pretrained_model(str(old), device="cpu")
+    tok, model, proc = loaded()
+    images = process(proc, [image(0, SIZES[0])])
+    ids = prompt_ids(tok, "Hi", 1)[None]
+    torch.testing.assert_close(model4(ids, images=images).logits, model(ids, images=images).logits, rtol=0, atol=0)
+
+
+def test_in_memory_transformers_layout_maps_to_the_hub_layout():
+    from safetensors.torch import load_file
+
+    from llava_restore.model.qwen2_5_vl import hf_to_ours
+
+    saved = set(load_file(os.path.join(tiny_qwen_folder(), "model.safetensors")))
+    assert set(hf_to_ours(hf_reference().state_dict())) == saved
+    assert set(loaded()[1].state_dict()) == saved

@@ -241,3 +241,36 @@ def test_backends_agree_with_restore():
         out = model(ids, mask, images, reduction=cfg, padding_side="left", attn_backend=backend)
         valid = ref.prepared.valid[..., None]
         assert_distinguishes(ref.logits * valid, out.logits * valid, no_dist * valid, **TOL)
+
+
+def test_importance_is_in_raster_order():
+    """The signal read inside the tower (window order, then un-permuted) equals the definition computed
+    in raster order: the last (full-attention) block's probabilities from its input put back in
+    raster order and rotary ids from transformers' own position ids, which a wrong un-permutation
+    of the windows would not match."""
+    from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_emb_vision
+    from transformers.vision_utils import get_vision_position_ids, get_vision_window_index
+
+    _, model, proc = loaded()
+    visual = model.visual
+    images = process(proc, [image(1, SIZES[1])])  # 5 x 6 merged tokens: several 2 x 2 windows
+    assert visual.config.depth - 1 in visual.config.fullatt_block_indexes
+    seen = {}
+    h = visual.blocks[-1].register_forward_pre_hook(lambda m, a, k: seen.update(x=a[0]), with_kwargs=True)
+    with torch.no_grad():
+        visual(images.pixel_values, grid_thw=images.grid_thw)
+    h.remove()
+    window_index, _ = get_vision_window_index(images.grid_thw, visual.spatial_merge_size, visual.window_size,
+                                              visual.patch_size)
+    assert not torch.equal(window_index, torch.arange(window_index.numel()))  # the windows do permute
+    L, unit = seen["x"].shape[0], visual.spatial_merge_unit
+    x = seen["x"].view(-1, unit, seen["x"].shape[-1])[torch.argsort(window_index)].reshape(L, -1)  # raster
+    blk = visual.blocks[-1]
+    pos = get_vision_position_ids(images.grid_thw, visual.spatial_merge_size)  # raster-order (h, w) ids
+    cos, sin = visual.rotary_pos_emb(x, pos)
+    q, k, _ = blk.attn.qkv(blk.norm1(x)).reshape(L, 3, blk.attn.num_heads, -1).permute(1, 0, 2, 3).unbind(0)
+    q, k = apply_rotary_pos_emb_vision(q, k, cos, sin)
+    probs = torch.softmax(q.transpose(0, 1) @ k.transpose(0, 1).transpose(-1, -2) * blk.attn.scaling, -1)  # (H, L, L)
+    want = probs.mean(dim=(0, 1)).view(-1, unit).mean(-1)
+    got = model.encode(images, make_reduction_config(method="holov", keep_ratio=0.5).resolve())[0].importance
+    assert_distinguishes(want, got, {"window order": got[window_index]}, rtol=1e-5, atol=1e-7)
