@@ -335,3 +335,17 @@ def test_efficiency_counts_per_layer_lengths():
     score = sum(2 * Lb * D * (H + 2 * Hkv) * d + 2 * H * Lb * d for Lb in lens[:3])
     assert rows["pdrop-n300"]["llm_flops"] == sum(layer(x) for x in lens) + score
     assert rows["pdrop-n300"]["kv_bytes_measured"] == sum(2 * Hkv * d * x * 4 for x in lens)
+
+
+def test_cli_refuses_restore_with_an_in_llm_method(capsys):
+    from llava_restore.eval.benchmarks import get_adapter
+    from llava_restore.eval.generate import build_parser, settings_from_args
+
+    adapter = get_adapter("loader")
+    ap = build_parser(adapter)
+    base = ["--question-file", "q.jsonl", "--answers-file", "a.jsonl", "--model-path", "m", "--reduction", "fastv", "--n-vis", "64"]
+    ok = settings_from_args(ap.parse_args(base), adapter, ap)
+    assert ok.reduction.method == "fastv" and ok.reduction.n_vis == 64
+    with pytest.raises(SystemExit):
+        settings_from_args(ap.parse_args(base + ["--restore"]), adapter, ap)
+    assert "comparison row without RESTORE" in capsys.readouterr().err

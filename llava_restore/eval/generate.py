@@ -47,6 +47,7 @@ from llava_restore.model.mm_utils import ImageLoadError, load_image, pad_sequenc
 from llava_restore.model.vision import VisionCache
 from llava_restore.reduction.cli import add_reduction_args, reduction_config_from_args
 from llava_restore.reduction.config import ATTN_BACKENDS, ReductionConfig
+from llava_restore.reduction.inllm import check_config as check_inllm_config, is_in_llm, schedule_summary
 
 DTYPES = ("auto", "float16", "bfloat16", "float32")
 ANSWER_ID_ALPHABET = "23456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"  # shortuuid's 57 symbols
@@ -309,6 +310,8 @@ def settings_from_args(args: argparse.Namespace, adapter: Adapter, parser: argpa
             from llava_restore.reduction import get_reducer
 
             get_reducer(cfg.method)
+            if is_in_llm(cfg.method):
+                check_inllm_config(cfg)  # in-LLM rows run without RESTORE
     except Exception as err:  # omegaconf/validation errors name the bad key or value
         parser.error(f"bad reduction flags: {err}")
     return GenSettings(conv_mode=args.conv_mode, temperature=args.temperature, top_p=args.top_p,
@@ -515,6 +518,10 @@ def generate_chunk(get_bundle: Callable[[], ModelBundle], chunk: Sequence[Sample
             return stats
         bundle = get_bundle()
         stats["device"] = str(bundle.device)
+        red = settings.reduction
+        if red is not None and is_in_llm(red.method):  # n_vis is the layer average of these counts
+            stats["inllm"] = schedule_summary(red, bundle.model.config.text.num_hidden_layers,
+                                              bundle.model.get_vision_tower().num_patches)
         if bundle.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(bundle.device)
         generator = None

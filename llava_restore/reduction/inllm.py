@@ -539,3 +539,9 @@ def build_state(cfg: ReductionConfig, n_layers: int, n_visual: int, valid, visua
     policy = get_policy(cfg.method)
     schedule = policy.schedule(cfg, n_layers, n_visual)
     return InLLMState(policy, cfg, schedule, valid, visual, positions, next_pos, padding_side, cache)
+
+
+def schedule_summary(cfg: ReductionConfig, n_layers: int, n_visual: int) -> dict:
+    """What a run's stats record for an in-LLM ``cfg``: the layer-average n_vis and the visual
+    tokens per image at every layer (from the schedule; ``Prepared.inllm`` has the measured ones)."""
+    return get_policy(cfg.method).schedule(cfg, n_layers, n_visual).summary() | {"method": cfg.method}
