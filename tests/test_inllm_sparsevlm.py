@@ -405,7 +405,6 @@ def test_kv_cache_decoding_equals_recomputation():
     (dict(n_vis=None, sparsevlm_schedule=[700, 200, 100]), "keeps more than the N=576"),
     (dict(n_vis=1000), "n_vis=1000 must be in 1..N=576"),
     (dict(n_vis=100, sparsevlm_count="rank", sparsevlm_layers=[0, 1]), r"\(scale, bias\) for n_vis in \[64, 128, 192\], not 100"),
-    (dict(n_vis=192, inllm_budget="kept"), "inllm_budget='kept' is not defined for SparseVLM"),
 ])
 def test_bad_options_fail_clearly(opts, match):
     tok, model, proc = tiny4()

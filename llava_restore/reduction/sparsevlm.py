@@ -1,6 +1,7 @@
-"""SparseVLM (Zhang et al., ICML 2025; official code Gumpest/SparseVLMs) as pure batch-first tensor
-functions.  The decoder plumbing (which layer, the attention rows, the per-layer KV cache) lives in
-``inllm.py``; this file only computes, per sample:
+"""SparseVLM (Zhang et al., ICML 2025; official code Gumpest/SparseVLMs): pure batch-first tensor
+functions, and the ``SparseVLM`` in-LLM policy (end of file) that applies them through
+``inllm.py``'s plumbing (which layer, the attention rows, re-padding, the per-layer KV cache).
+Per sample:
 
 1. **Text raters** (once, from the LLM's input embeddings): for the visual embeddings V (n_v, D)
    and the text after the image T (n_t, D), ``r = mean_v softmax_t(V T^T)`` (n_t,); the raters are
@@ -276,9 +277,8 @@ class SparseVLM(InLLMPolicy):
 
     def schedule(self, cfg, n_layers, n_visual):
         N, n = n_visual, cfg.n_vis
-        if cfg.inllm_budget != "layer_average":
-            raise ValueError(f"sparsevlm: inllm_budget={cfg.inllm_budget!r} is not defined for SparseVLM; its n_vis "
-                             f"selects the official schedule (or give sparsevlm_schedule)")
+        # inllm_budget does not apply: n_vis names the official schedule's row (its RETAIN_TOKN), whose
+        # tokens leaving each layer average n_vis on LLaVA-1.5's 32 layers (docs/restore.md)
         if n is not None and not 1 <= n <= N:
             raise ValueError(f"ReductionConfig.n_vis={n} must be in 1..N={N}")
         ref = SPARSEVLM_LAYERS if cfg.sparsevlm_count == "fixed" else SPARSEVLM_V1_LAYERS

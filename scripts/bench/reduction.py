@@ -69,7 +69,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     ap.add_argument("--clock", choices=["wall", "process"], default="wall",
                     help="process: this process's CPU time (with --threads 1 on a shared CPU)")
-    ap.add_argument("--inllm", default="fastv,pdrop", help="in-LLM methods to time in a prefill ('' = none)")
+    ap.add_argument("--inllm", default="fastv,pdrop,sparsevlm", help="in-LLM methods to time in a prefill ('' = none)")
     ap.add_argument("--llm-hidden", type=int, default=512)
     ap.add_argument("--llm-layers", type=int, default=32)
     ap.add_argument("--llm-heads", type=int, default=8)
