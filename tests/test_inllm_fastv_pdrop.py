@@ -349,3 +349,27 @@ def test_cli_refuses_restore_with_an_in_llm_method(capsys):
     with pytest.raises(SystemExit):
         settings_from_args(ap.parse_args(base + ["--restore"]), adapter, ap)
     assert "comparison row without RESTORE" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("spec", [FASTV, PDROP], ids=["fastv", "pdrop"])
+def test_cache_rows_dropped_mid_decoding(spec):
+    """generate drops finished rows from the cache (KVCache.select_rows): the stages follow, so
+    the remaining rows decode as they would alone."""
+    tok, model, proc = tiny4()
+    qs = ["What is it?", "Describe the picture in many more words than that, please.", "Count the dots."]
+    ids, mask, images, singles = make_batch(tok, proc, qs, [4, 5, 6], side="left")
+    cfg = cfg_dict(spec)
+    out = model(ids, mask, images, reduction=cfg, use_cache=True, padding_side="left", last_logits_only=True)
+    cache = out.cache
+    nxt = out.logits[:, -1].argmax(-1)
+    rows = torch.tensor([2, 0])
+    cache.select_rows(rows)
+    nxt = nxt[rows]
+    got = [nxt]
+    for _ in range(3):
+        nxt = model(nxt[:, None], reduction=cfg, cache=cache).logits[:, -1].argmax(-1)
+        got.append(nxt)
+    got = torch.stack(got, 1)
+    for r, b in enumerate(rows.tolist()):
+        one = model.generate(singles[b][None], None, images[b:b + 1], reduction=cfg, max_new_tokens=4, eos_token_id=-1)
+        assert got[r].tolist() == one[0].tolist()
