@@ -30,7 +30,14 @@ API for further policies (e.g. SparseVLM), kept stable:
   current tokens (every real non-visual token must stay); ``extra_h`` (B, m, D) tokens to insert
   after each row's image span, with positions ``extra_pos`` (B, m) and ``extra_valid`` (B, m) bool
   (rows may insert fewer).  Rows may keep different numbers of tokens; the state re-pads.
-- ``attention_probs(q, k, allowed)``: the explicit attention row, a pure function.
+- ``attention_probs(q, k, allowed)``: the explicit attention row, a pure function;
+  ``topk_mask(scores, eligible, k)``, ``visual_scores(view, cfg)`` (head-mean attention of the
+  ``cfg.inllm_query`` rows) and ``keep_top_visual(event, view, cfg)`` (FastV's/PDrop's rule) are
+  building blocks.
+- Names: ``registry.known_methods()`` lists every method, ``known_reducers()`` only the pre-LLM
+  ones (what ``reduce_visual_tokens`` runs); ``check_config(cfg)`` refuses RESTORE's switches;
+  ``build_state(cfg, n_layers, n_visual, valid, visual, positions, next_pos, padding_side, cache)``
+  is what the model's forward calls (``schedule_summary`` what a run's stats record).
 
 After a drop the positions are the kept tokens' own (``retain``, FastV) or 0, 1, ... over the
 row's remaining tokens (``reindex``, PDrop), per ``cfg.inllm_positions`` or the policy's
@@ -47,7 +54,7 @@ from typing import Callable, Optional
 import torch
 
 from .config import ReductionConfig
-from .registry import _REDUCERS, register_reducer
+from .registry import known_methods, register_reducer, registered_class
 
 
 # ----------------------------------------------------------------------------- pure functions
@@ -167,14 +174,14 @@ class InLLMPolicy:
 
 
 def is_in_llm(method: Optional[str]) -> bool:
-    return method in _REDUCERS and bool(getattr(_REDUCERS[method], "in_llm", False))
+    return bool(getattr(registered_class(method), "in_llm", False))
 
 
 def get_policy(method: str) -> InLLMPolicy:
     if not is_in_llm(method):
-        known = sorted(n for n in _REDUCERS if is_in_llm(n))
+        known = [n for n in known_methods() if is_in_llm(n)]
         raise ValueError(f"{method!r} is not an in-LLM reduction method; known: {known}")
-    return _REDUCERS[method]()
+    return registered_class(method)()
 
 
 def check_config(cfg: ReductionConfig) -> None:
@@ -211,6 +218,14 @@ def visual_scores(view: LayerView, cfg: ReductionConfig) -> torch.Tensor:
     rows, w = query_rows(view, cfg)
     p = view.probs(rows).mean(1)  # (B, n_q, L) head mean
     return (p * w[:, :, None]).sum(1)
+
+
+def keep_top_visual(event: DropEvent, view: LayerView, cfg: ReductionConfig) -> Decision:
+    """Every real text token, and the ``event.keep`` (per image) visual tokens the query rows
+    attend to most (FastV's and PDrop's rule)."""
+    score = visual_scores(view, cfg)  # (B, L)
+    keep_vis = topk_mask(score, view.visual & view.valid, event.keep * view.n_images)
+    return Decision(keep=(view.valid & ~view.visual) | keep_vis)
 
 
 def _check_layer(option: str, value: int, n_layers: int, shown=None) -> None:
@@ -256,9 +271,7 @@ class FastV(InLLMPolicy):
         return Schedule([DropEvent(K - 1, K, R, 1)], counts, N)
 
     def decide(self, event, view, cfg):
-        score = visual_scores(view, cfg)  # (B, L)
-        keep_vis = topk_mask(score, view.visual & view.valid, event.keep * view.n_images)
-        return Decision(keep=(view.valid & ~view.visual) | keep_vis)
+        return keep_top_visual(event, view, cfg)
 
 
 # ----------------------------------------------------------------------------- PDrop
@@ -331,9 +344,7 @@ class PDrop(InLLMPolicy):
         return Schedule(events, counts, N)
 
     def decide(self, event, view, cfg):
-        score = visual_scores(view, cfg)
-        keep_vis = topk_mask(score, view.visual & view.valid, event.keep * view.n_images)
-        return Decision(keep=(view.valid & ~view.visual) | keep_vis)
+        return keep_top_visual(event, view, cfg)
 
 
 # ----------------------------------------------------------------------------- state

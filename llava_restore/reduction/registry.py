@@ -25,6 +25,11 @@ def known_methods() -> list[str]:
     return sorted(_REDUCERS)
 
 
+def registered_class(name):
+    """The class registered as ``name``, or None."""
+    return _REDUCERS.get(name)
+
+
 def get_reducer(name: str):
     """A fresh instance of the method registered as ``name`` (pre-LLM reducer or in-LLM policy)."""
     if name not in _REDUCERS:
