@@ -186,3 +186,41 @@ def test_in_memory_transformers_layout_maps_to_the_hub_layout():
     saved = set(load_file(os.path.join(tiny_qwen_folder(), "model.safetensors")))
     assert set(hf_to_ours(hf_reference().state_dict())) == saved
     assert set(loaded()[1].state_dict()) == saved
+
+
+def test_parity_at_the_real_head_geometry(tmp_path):
+    """Qwen2.5-VL-7B's head shapes on a 2 + 2-layer model: text head_dim 128 with mrope_section
+    (16, 24, 24) and rope_theta 1e6, vision 1280-d / 16 heads, 14-px patches, 112-px windows (4 x 4
+    merged tokens), two images of different N in one prompt."""
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    from helpers import randomize_vectors
+    from llava_restore.model.builder import load_pretrained_model
+    from llava_restore.tools.tiny_qwen import TinyQwenSpec, build_qwen_tokenizer, image_processor_for, tiny_qwen_config
+
+    spec = TinyQwenSpec(patch_size=14, vision_hidden=1280, vision_depth=2, vision_heads=16, window_size=112,
+                        hidden=1024, layers=2, heads=8, kv_heads=2, intermediate=1024, rope_theta=1e6,
+                        mrope_section=(16, 24, 24), min_pixels=56 * 56, max_pixels=28 * 28 * 64)
+    tok = build_qwen_tokenizer(spec.vocab_size)
+    torch.manual_seed(0)
+    hf = Qwen2_5_VLForConditionalGeneration(tiny_qwen_config(spec, tok)).eval()
+    with torch.no_grad():  # matrices N(0, 0.2 * sqrt(64 / width)): the tiny model's sensitivity at this width
+        for name, p in hf.named_parameters():
+            if p.dim() > 1:
+                p.normal_(0.0, 1.0 if "embed_tokens" in name else 0.2 * (64 / p.shape[-1]) ** 0.5)
+    randomize_vectors(hf, 0.2)
+    hf.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    image_processor_for(spec).save_pretrained(tmp_path)
+    _, model, proc, _ = load_pretrained_model(str(tmp_path), device="cpu")
+    images = process(proc, [image(0, (300, 200)), image(1, (150, 260))])
+    assert merged_counts(images) == [54, 45]
+    ids = prompt_ids(tok, "What is shown?", 2, merged_counts(images))[None]
+    with torch.no_grad():
+        ref = hf(input_ids=ids, pixel_values=images.pixel_values, image_grid_thw=images.grid_thw,
+                 mm_token_type_ids=(ids == hf.config.image_token_id).int()).logits
+    prep = model.prepare_multimodal(ids, images=images)
+    wrong = prep.positions.clone()
+    wrong[0, prep.visual[0].nonzero(as_tuple=True)[0][60], 2] += 1  # one token of image 1: w id + 1
+    assert_distinguishes(ref, forward_prepared(model, prep), forward_prepared(model, prep, wrong), **TOL)
+    torch.testing.assert_close(model(ids, images=images).logits, ref, **TOL)
