@@ -96,3 +96,37 @@ def test_text_only_question_in_a_batch():
     both = model.generate(ids, mask, images, max_new_tokens=5, eos_token_id=-1)
     alone = model.generate(seqs[1][None], max_new_tokens=5, eos_token_id=-1)
     assert both[1].tolist() == alone[0].tolist()
+
+
+FIX = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "llava15-eval"
+
+
+@pytest.mark.skipif(not FIX.is_dir(), reason=f"LLaVA-1.5 eval fixtures not found at {FIX}")
+@pytest.mark.parametrize("name", ["gqa", "mmbench", "mme", "pope", "sqa", "textvqa"])
+def test_benchmark_prompts_as_qwen_chat_batches(name):
+    """Every adapter's real questions become Qwen chat prompts with one image block per image
+    (text-only ScienceQA questions none), and a batch of them answers as each alone."""
+    from llava_restore.eval.benchmarks import get_adapter, get_benchmark
+    from llava_restore.eval.generate import GenSettings, ModelBundle, PrefillTimer, answer_batch
+    from llava_restore.model.qwen2_5_vl import chat_prompt_ids
+    from llava_restore.reduction.config import make_reduction_config
+    from qwen_helpers import image
+
+    bench = get_benchmark(name)
+    folder = {"mme": "mme"}.get(name, bench.folder)  # the fixture folder is lower-case
+    samples = get_adapter(bench.adapter).load(str(FIX / folder / bench.question_file), "", **bench.adapter_options)
+    picked = samples[:3] + [s for s in samples if s.image is None][:1]  # ScienceQA has text-only ones
+    tok, model, proc = loaded()
+    pad = tok.convert_tokens_to_ids("<|image_pad|>")
+    for s in picked:
+        ids = chat_prompt_ids(s.question, tok)
+        assert int((ids == pad).sum()) == s.question.count("<image>") == int(s.image is not None)
+        assert "<image>" not in tok.decode(ids)
+    bundle = ModelBundle(tok, model, proc, "tiny-qwen", torch.device("cpu"))
+    settings = GenSettings(conv_mode="chat_template", max_new_tokens=3, batch_size=len(picked),
+                           reduction=make_reduction_config(method="divprune", keep_ratio=0.5, restore=True).resolve())
+    sizes = [(64, 48), (40, 72), (96, 96), (56, 56)]
+    batch = [(s, image(i, sizes[i]) if s.image is not None else None) for i, s in enumerate(picked)]
+    texts, _ = answer_batch(bundle, batch, settings, None, PrefillTimer(model, bundle.device))
+    for item, text in zip(batch, texts):
+        assert answer_batch(bundle, [item], settings, None, PrefillTimer(model, bundle.device))[0] == [text]
