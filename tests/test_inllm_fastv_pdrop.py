@@ -129,6 +129,22 @@ def test_selection_hand_checked_from_crafted_attention():
         event = policy.schedule(cfg, LAYERS, 4).events[0]
         assert event.keep == 2
         assert torch.equal(policy.decide(event, view, cfg).keep, expected)
+    # inllm_query=instruction: the mean over the text after the image (rows 6 and 7); row 6's
+    # query is made to prefer token 2 strongly, row 7 is the one above: the mean ranks 2 first
+    q2 = q.clone()
+    q2[0, :, 6, 0] = 0.0
+    q2[0, :, 6, 1] = 1.0
+    k2 = k.clone()
+    k2[0, 0, 2, 1] = 20.0  # q6.k2 / 2 = 10: row 6 puts ~all its mass on token 2
+    view2 = LayerView(h=view.h, visual=visual, valid=view.valid, positions=view.positions, n_images=view.n_images,
+                      k=k2, q_rows=lambda rows: q2.gather(2, rows[:, None, :, None].expand(1, 2, rows.shape[1], d)))
+    cfg_i = cfg_of("fastv", None, fastv_keep=1, fastv_k=1, inllm_query="instruction")
+    ev = FastV().schedule(cfg_i, LAYERS, 4).events[0]
+    p6 = torch.softmax(torch.tensor([0.0, 0, 10, 0, 0, 0, 0]), 0)  # row 6 sees keys 0..6
+    p7 = torch.softmax(s, 0)  # row 7's query has no dim-1 component: unchanged
+    mean = (torch.cat([p6, torch.zeros(1)]) + p7) / 2
+    assert int(mean[2:6].argmax()) + 2 == 2
+    assert FastV().decide(ev, view2, cfg_i).keep[0].tolist() == [True, True, True, False, False, False, True, True]
     # causality: a query at index 3 cannot see key 5 (its best), so it keeps 3 and 2
     rows = torch.tensor([[3]])
     p3 = view.probs(rows)[0, 0, 0]
@@ -213,7 +229,9 @@ def test_batch_of_three_mixed_lengths_equals_each_alone(spec, side):
         assert gen[b].tolist() == one[0].tolist()
 
 
-@pytest.mark.parametrize("spec", [FASTV, PDROP], ids=["fastv", "pdrop"])
+@pytest.mark.parametrize("spec", [FASTV, PDROP, {**FASTV, "inllm_positions": "reindex"},
+                                  {**PDROP, "inllm_positions": "retain"}],
+                         ids=["fastv", "pdrop", "fastv-reindex", "pdrop-retain"])
 def test_kv_cache_decoding_equals_recomputation(spec):
     """Each cached decode step's logits equal the definition recomputed over prompt + generated
     tokens (the drop decided on the prompt, the generated tokens attending to the kept keys, at
@@ -222,7 +240,7 @@ def test_kv_cache_decoding_equals_recomputation(spec):
     tok, model, proc = tiny4()
     ids, mask, images, prep = single_prepared(model, tok, proc, "What is on the left of the circle?", 7)
     cfg = cfg_dict(spec)
-    mode = "retain" if cfg.method == "fastv" else "reindex"
+    mode = cfg.inllm_positions or ("retain" if cfg.method == "fastv" else "reindex")
     steps = 5
 
     def decode(plant=False):
