@@ -391,3 +391,25 @@ def test_cache_rows_dropped_mid_decoding(spec):
     for r, b in enumerate(rows.tolist()):
         one = model.generate(singles[b][None], None, images[b:b + 1], reduction=cfg, max_new_tokens=4, eos_token_id=-1)
         assert got[r].tolist() == one[0].tolist()
+
+
+@pytest.mark.parametrize("spec", [FASTV, PDROP], ids=["fastv", "pdrop"])
+def test_text_only_row_in_the_batch(spec):
+    """A row without an image keeps all its tokens and answers as alone; the image rows drop."""
+    from helpers import random_image
+    from llava_restore.model.conversation import build_prompt
+    from llava_restore.model.mm_utils import pad_sequences, process_images, tokenizer_image_token
+
+    tok, model, proc = tiny4()
+    ids = [tokenizer_image_token(build_prompt("<image>\\nWhat is it?"), tok, return_tensors="pt"),
+           tokenizer_image_token(build_prompt("Say something about circles."), tok, return_tensors="pt")]
+    images = process_images([random_image(9)], proc, "pad")
+    input_ids, mask = pad_sequences(ids, tok.pad_token_id, "left")
+    cfg = cfg_dict(spec)
+    out = model(input_ids, mask, images, reduction=cfg, padding_side="left")
+    rep = out.prepared.inllm
+    assert rep.visual_per_layer[1].tolist() == [0] * LAYERS
+    assert rep.visual_per_layer[0].tolist() == rep.schedule.counts
+    alone = [model(ids[0][None], None, images, reduction=cfg).logits[0, -1],
+             model(ids[1][None], None, None, reduction=cfg).logits[0, -1]]
+    torch.testing.assert_close(out.logits[:, -1], torch.stack(alone), rtol=1e-4, atol=1e-4)
