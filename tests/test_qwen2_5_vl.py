@@ -224,3 +224,19 @@ def test_parity_at_the_real_head_geometry(tmp_path):
     wrong[0, prep.visual[0].nonzero(as_tuple=True)[0][60], 2] += 1  # one token of image 1: w id + 1
     assert_distinguishes(ref, forward_prepared(model, prep), forward_prepared(model, prep, wrong), **TOL)
     torch.testing.assert_close(model(ids, images=images).logits, ref, **TOL)
+
+
+def test_chat_template_from_the_processor_file(tmp_path):
+    """Hub folders may keep the chat template only in chat_template.json (the processor's file)."""
+    from llava_restore.model.builder import load_pretrained_model
+    from llava_restore.tools.tiny_qwen import QWEN_CHAT_TEMPLATE
+
+    q = tmp_path / "q"
+    shutil.copytree(tiny_qwen_folder(), q)
+    os.remove(q / "chat_template.jinja")
+    conf = json.loads((q / "tokenizer_config.json").read_text())
+    conf.pop("chat_template", None)
+    (q / "tokenizer_config.json").write_text(json.dumps(conf))
+    assert not getattr(load_pretrained_model(str(q), device="cpu")[0], "chat_template", None)
+    (q / "chat_template.json").write_text(json.dumps({"chat_template": QWEN_CHAT_TEMPLATE}))
+    assert load_pretrained_model(str(q), device="cpu")[0].chat_template == QWEN_CHAT_TEMPLATE

@@ -176,6 +176,10 @@ def _load_qwen2_5_vl(folder: str, raw: dict, dev, torch_dtype, attn_impl):
     processor = Qwen2VLImageProcessorPil.from_pretrained(folder, local_files_only=True)
     model = build_qwen_model(cfg, folder, load_state_dict(folder), _dtype(torch_dtype, raw, dev))
     tokenizer = load_tokenizer(folder)
+    template = os.path.join(folder, "chat_template.json")  # the processor-level file some hub folders carry
+    if not getattr(tokenizer, "chat_template", None) and os.path.isfile(template):
+        with open(template) as f:
+            tokenizer.chat_template = json.load(f)["chat_template"]
     model.attn_backend = attn_impl
     model.to(dev).eval()
     context_len = (raw.get("text_config") or raw).get("max_position_embeddings", 32768)
