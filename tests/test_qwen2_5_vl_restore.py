@@ -99,6 +99,11 @@ def test_bad_budgets_are_clear_errors():
     for r in (0.0, 1.5, -0.1):
         with pytest.raises(ValueError, match=r"keep_ratio=.* must be in \(0, 1\]"):
             make_reduction_config(method="divprune", keep_ratio=r)
+    with pytest.raises(ValueError, match="'fastv' drops tokens inside the LLM.*pre-LLM method"):
+        model(ids, images=images, reduction=make_reduction_config(method="fastv", keep_ratio=0.5))
+    for n_vis, r in ((None, 0.25), (100, None), (None, None)):
+        assert make_reduction_config(method="divprune", n_vis=n_vis, keep_ratio=r).budget(576) == (n_vis or
+                                                                                               int(576 * (r or 1)))
     with pytest.raises(ValueError, match="no CLS token.*visionzip_cls=false"):
         model(ids, images=images, reduction=make_reduction_config(method="visionzip", keep_ratio=0.5))
 

@@ -291,9 +291,13 @@ class Qwen2_5_VLForRestore(nn.Module):
 
     def reduce(self, toks: list[ImageTokens], cfg: ReductionConfig | None, where: list[str]) -> list[ReductionResult]:
         """One single-sample ReductionResult per image; n from ``image_budget``."""
-        from llava_restore.reduction import reduce_visual_tokens
+        from llava_restore.reduction import known_reducers, reduce_visual_tokens
+        from llava_restore.reduction.inllm import is_in_llm
         from llava_restore.reduction.positions import identity_result
 
+        if cfg is not None and is_in_llm(cfg.method):
+            raise ValueError(f"reduction method {cfg.method!r} drops tokens inside the LLM, which the Qwen2.5-VL "
+                             f"decoder does not run; on Qwen2.5-VL use a pre-LLM method: {known_reducers()}")
         out = []
         for tok, name in zip(toks, where):
             N = tok.feats.shape[0]
