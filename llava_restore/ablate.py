@@ -35,6 +35,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--benchmarks", default=None, help="comma-separated, e.g. gqa,pope (default: the grid's)")
     ap.add_argument("--launcher", choices=["local", "slurm"], default="local")
     ap.add_argument("--parallel", type=int, default=1, help="local: runs at a time; slurm: max array tasks at a time")
+    ap.add_argument("--isolate", action="store_true",
+                    help="local: every run in its own process (default: --parallel long-lived workers, one "
+                         "interpreter and model load each; same answers and timings per run)")
     ap.add_argument("--dry-run", action="store_true", help="print the plan (and, for slurm, write the task file) only")
     ap.add_argument("--out", default="runs/ablations", help="root of the run folders (shared by grids)")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -137,7 +140,7 @@ def main(argv=None) -> int:
     if args.dry_run:
         return 0
     if pending:
-        outcomes = run_local(pending, grid_dir / "logs", parallel=args.parallel)
+        outcomes = run_local(pending, grid_dir / "logs", parallel=args.parallel, reuse_processes=not args.isolate)
         failed = [o for o in outcomes if o.returncode != 0 or not o.task.done()]
     else:
         print("nothing to run: every task has a result")

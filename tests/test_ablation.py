@@ -185,7 +185,7 @@ def test_runner_skips_finished_runs_and_reports(tmp_path, monkeypatch):
     log = tmp_path / "calls.log"
     monkeypatch.setenv("FAKE_EVAL_LOG", str(log))
     monkeypatch.setenv("FAKE_EVAL_FOLDERS", str(folders))
-    args = [str(grid), "--benchmarks", "gqa,pope", "--out", str(out), "--python", str(fake), "--parallel", "2"]
+    args = [str(grid), "--benchmarks", "gqa,pope", "--out", str(out), "--python", str(fake), "--parallel", "2", "--isolate"]
     assert ablate.main(args) == 0
     assert len(log.read_text().splitlines()) == 5 * 2
     assert ablate.main(args) == 0  # everything has a result: nothing runs

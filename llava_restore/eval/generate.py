@@ -48,6 +48,7 @@ from llava_restore.model.vision import VisionCache
 from llava_restore.reduction.cli import add_reduction_args, reduction_config_from_args
 from llava_restore.reduction.config import ATTN_BACKENDS, ReductionConfig
 from llava_restore.reduction.inllm import check_config as check_inllm_config, is_in_llm, schedule_summary
+from llava_restore.reduction.types import BudgetError
 
 DTYPES = ("auto", "float16", "bfloat16", "float32")
 ANSWER_ID_ALPHABET = "23456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"  # shortuuid's 57 symbols
@@ -64,7 +65,7 @@ class MissingImageError(ValueError):
 
 # Input errors a CLI reports as one line (exit status 1) instead of a traceback.
 INPUT_ERRORS = (AnswerFileError, DuplicateAnswerError, MergeError, QuestionFileError, MissingImageError,
-                ImageLoadError, CheckpointError, FileNotFoundError, ImageBudgetError)
+                ImageLoadError, CheckpointError, FileNotFoundError, ImageBudgetError, BudgetError)
 
 
 # ----------------------------------------------------------------------------- samples and adapters
@@ -347,6 +348,31 @@ class LazyBundle:
         return self._bundle
 
 
+LOAD_ARGS = ("model_path", "model_base", "vision_tower", "allow_download", "device", "dtype", "attn_impl")
+
+
+class BundleCache:
+    """Loaded models kept across runs of one process (``llava_restore.ablation.worker``).
+
+    Keyed by every argument that ``load_bundle`` reads, so two runs share a model only when
+    they would have loaded the same one; a run's answers do not depend on whether its model
+    came from here (the reduction and decoding settings travel with each generate call)."""
+
+    def __init__(self):
+        self._bundles: dict = {}
+        self.loads = 0
+
+    def lazy(self, args: argparse.Namespace) -> Callable[[], ModelBundle]:
+        key = tuple(getattr(args, name) for name in LOAD_ARGS)
+
+        def get() -> ModelBundle:
+            if key not in self._bundles:
+                self._bundles[key] = load_bundle(args)
+                self.loads += 1
+            return self._bundles[key]
+        return get
+
+
 # ----------------------------------------------------------------------------- timings
 
 class PrefillTimer:
@@ -430,7 +456,9 @@ def aggregate_stats(records: Sequence[dict]) -> dict:
             "peak_memory_mb": peak["peak_memory_mb"] if peak else None,
             "peak_memory_kind": peak["peak_memory_kind"] if peak else None,
             "devices": sorted({r["device"] for r in records}),
-            "batch_sizes": sorted({r["batch_size"] for r in records})}
+            "batch_sizes": sorted({r["batch_size"] for r in records}),
+            # in-LLM methods: the layer-average n_vis and the visual tokens per layer
+            "inllm": next((r["inllm"] for r in records if r.get("inllm")), None)}
 
 
 # ----------------------------------------------------------------------------- skipped questions

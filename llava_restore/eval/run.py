@@ -34,7 +34,7 @@ from typing import Dict, List, Optional
 
 from llava_restore.eval.answers import merge_shards, read_skipped
 from llava_restore.eval.benchmarks import get_adapter, get_benchmark, known_benchmarks, resolve_files
-from llava_restore.eval.generate import (LazyBundle, add_decoding_args, add_model_args, aggregate_stats,
+from llava_restore.eval.generate import (BundleCache, LazyBundle, add_decoding_args, add_model_args, aggregate_stats,
                                          assign_keys, cli_entry, generate_chunk, get_chunk, model_name_from_path,
                                          settings_from_args, stats_path)
 
@@ -202,7 +202,8 @@ def finalize(bench, samples, key_fn, run_dir: Path, num_chunks: int, files, ques
     return result
 
 
-def main(argv=None) -> Optional[dict]:
+def main(argv=None, bundles: Optional[BundleCache] = None) -> Optional[dict]:
+    """``bundles``: reuse models loaded by earlier runs of this process (the ablation worker)."""
     ap = build_parser()
     args = ap.parse_args(argv)
     try:
@@ -230,7 +231,7 @@ def main(argv=None) -> Optional[dict]:
     key_fn = assign_keys(samples, question_file)
     if args.stage in ("all", "generate"):
         write_json(run_dir / "run.json", {**identity, "ckpt": ckpt, "slug": run_dir.name})
-        get_bundle = LazyBundle(args)
+        get_bundle = bundles.lazy(args) if bundles is not None else LazyBundle(args)
         chunks = [args.chunk_idx] if args.chunk_idx is not None else range(args.num_chunks)
         for i in chunks:
             answers, errors = shard_paths(run_dir, args.num_chunks, i)

@@ -11,7 +11,7 @@ from .common import resolve_seed
 from .config import ReductionConfig
 from .positions import build_result, identity_result
 from .registry import get_reducer, known_methods, known_reducers
-from .types import ReductionResult
+from .types import BudgetError, ReductionResult
 
 
 def _check_inputs(inp: ReductionInputs, needed: tuple[str, ...], method: str) -> None:
@@ -81,7 +81,7 @@ def reduce_visual_tokens(
     B, N, _ = feats.shape
     n = cfg.budget(N)
     if not 1 <= n <= N:
-        raise ValueError(f"ReductionConfig.n_vis={cfg.n_vis} must be in 1..N={N}")
+        raise BudgetError(f"n_vis={cfg.n_vis} must be in 1..N={N} (the image has N={N} visual tokens)")
     cfg.validate()
     if cfg.anchor_rule not in ANCHOR_RULES:
         raise ValueError(f"ReductionConfig.anchor_rule={cfg.anchor_rule!r} is not one of {sorted(ANCHOR_RULES)}")

@@ -11,6 +11,10 @@ CLS_INDEX = 0  # the CLS token's index in the vision tower's sequence [CLS, patc
 EXTRA_POSITION = -1.0  # ``positions`` value of a non-patch token: before every patch, as in the ViT sequence
 
 
+class BudgetError(ValueError):
+    """A token budget the input cannot meet (n_vis outside 1..N): a user error, reported in one line."""
+
+
 @dataclass
 class ReductionResult:
     """Per-sample bookkeeping for the n output visual tokens (batch-first, no B=1 assumption).
