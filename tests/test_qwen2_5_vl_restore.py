@@ -279,3 +279,17 @@ def test_importance_is_in_raster_order():
     want = probs.mean(dim=(0, 1)).view(-1, unit).mean(-1)
     got = model.encode(images, make_reduction_config(method="holov", keep_ratio=0.5).resolve())[0].importance
     assert_distinguishes(want, got, {"window order": got[window_index]}, rtol=1e-5, atol=1e-7)
+
+
+def test_importance_in_query_blocks_equals_one_block(monkeypatch):
+    """The probabilities are recomputed a few query rows at a time (bounded memory at real sizes)."""
+    import llava_restore.model.qwen2_5_vl as q
+
+    _, model, proc = loaded()
+    images = process(proc, [image(0, SIZES[1]), image(1, SIZES[0])])
+    cfg = make_reduction_config(method="holov", keep_ratio=0.5).resolve()
+    whole = [t.importance for t in model.encode(images, cfg)]
+    monkeypatch.setattr(q, "PROBS_BLOCK", 3 * 2 * 120)  # 3 query rows per block for a 120-patch image, 2 heads
+    blocks = [t.importance for t in model.encode(images, cfg)]
+    for a, b in zip(whole, blocks):
+        torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-9)

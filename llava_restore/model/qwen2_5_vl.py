@@ -148,6 +148,9 @@ class ImageTokens:
     keys: torch.Tensor | None = None  # (N, dk) last block's keys, head mean, mean over the merge unit
 
 
+PROBS_BLOCK = 1 << 26  # elements of one block of recomputed vision attention probabilities (256 MB in fp32)
+
+
 def _last_block_stats(attn: nn.Module, hidden: torch.Tensor, cu_seqlens: torch.Tensor, pos_emb) -> tuple:
     """From the last vision block's attention input (L, Dv) (window order): per patch the attention it
     receives (mean over heads and over the queries of its attention chunk) (L,) and its keys (head
@@ -159,12 +162,17 @@ def _last_block_stats(attn: nn.Module, hidden: torch.Tensor, cu_seqlens: torch.T
     keys = k.float().mean(1)  # (L, dh)
     cos, sin = pos_emb
     q, k = apply_rotary_pos_emb_vision(q, k, cos, sin)
-    received = torch.empty(L, dtype=torch.float32, device=hidden.device)
+    received = torch.zeros(L, dtype=torch.float32, device=hidden.device)
     bounds = cu_seqlens.tolist()
+    H = q.shape[1]
     for s, e in zip(bounds[:-1], bounds[1:]):
-        qs, ks = q[s:e].transpose(0, 1).float(), k[s:e].transpose(0, 1).float()  # (H, l, dh)
-        probs = torch.softmax(qs @ ks.transpose(-1, -2) * attn.scaling, dim=-1)  # (H, l, l)
-        received[s:e] = probs.mean(dim=(0, 1))
+        ks = k[s:e].transpose(0, 1).float()  # (H, l, dh)
+        step = max(1, PROBS_BLOCK // (H * (e - s)))  # query rows per block: (H, step, l) probabilities at a time
+        for r in range(s, e, step):
+            qs = q[r:min(r + step, e)].transpose(0, 1).float()  # (H, rows, dh)
+            probs = torch.softmax(qs @ ks.transpose(-1, -2) * attn.scaling, dim=-1)  # (H, rows, l)
+            received[s:e] += probs.sum(dim=(0, 1))
+        received[s:e] /= H * (e - s)  # mean over heads and over the chunk's queries
     return received, keys
 
 
