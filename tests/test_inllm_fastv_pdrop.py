@@ -355,6 +355,14 @@ def test_efficiency_counts_per_layer_lengths():
     assert rows["pdrop-n300"]["kv_bytes_measured"] == sum(2 * Hkv * d * x * 4 for x in lens)
 
 
+def test_schedule_summary_for_the_run_stats():
+    from llava_restore.reduction.inllm import schedule_summary
+
+    got = schedule_summary(cfg_of("fastv", 64), 32, N)
+    assert got == {"method": "fastv", "n_vis_layer_average": (2 * N + 30 * 30) / 32, "n_visual": N,
+                   "visual_per_layer": [N, N] + [30] * 30}
+
+
 def test_cli_refuses_restore_with_an_in_llm_method(capsys):
     from llava_restore.eval.benchmarks import get_adapter
     from llava_restore.eval.generate import build_parser, settings_from_args

@@ -106,6 +106,9 @@ class Schedule:
     def average(self) -> float:
         return layer_average(self.counts)
 
+    def summary(self) -> dict:
+        return {"n_vis_layer_average": self.average, "visual_per_layer": list(self.counts), "n_visual": self.n_visual}
+
 
 @dataclass
 class Decision:
@@ -393,8 +396,7 @@ class InLLMReport:
         return self.visual_per_layer.float().mean(1)
 
     def summary(self) -> dict:
-        return {"n_vis_layer_average": self.schedule.average, "visual_per_layer": self.schedule.counts,
-                "n_visual": self.schedule.n_visual}
+        return self.schedule.summary()
 
 
 class InLLMState:
