@@ -17,7 +17,11 @@ For the full model and each method x n_vis x RESTORE off/on, on the same batch:
   CPU: the allocation peak replayed from the profiler's memory events), and the KV-cache bytes
   (measured on the returned cache, and the formula);
 - the reduction's own time (``reduce_visual_tokens`` on precomputed features) and, with
-  RESTORE, Stage-B anchor selection alone (``anchor_merge`` on the pruned tokens).
+  RESTORE, Stage-B anchor selection alone (``anchor_merge`` on the pruned tokens);
+- in-LLM methods (``fastv``, ``pdrop``; without RESTORE only): their ranking runs inside the
+  timed prefill; FLOPs and KV bytes are summed per layer at each layer's own length (the layers
+  before a drop at full length) plus the ranking's cost, and the report gives ``n_vis`` as the
+  layer average with the visual tokens per layer (``flops.llm_prefill_flops_layers``).
 
 Writes efficiency.json and efficiency.md under ``--out``.
 """
