@@ -159,7 +159,7 @@ def check_value(key: str, value: Any, src: _Source, path: tuple) -> Any:
         except ValueError as exc:
             raise src.fail(path, f"bad value {value!r} for {key}: {exc}") from None
         if name == "method" and typed not in ["none"] + known_methods():
-            raise src.fail(path, f"unknown reduction method {typed!r} for {key}; known: {['none'] + known_reducers()}")
+            raise src.fail(path, f"unknown reduction method {typed!r} for {key}; known: {['none'] + known_methods()}")
         if name == "anchor_rule" and typed not in ANCHOR_RULES:
             raise src.fail(path, f"unknown anchor rule {typed!r} for {key}; known: {sorted(ANCHOR_RULES)}")
     return typed
