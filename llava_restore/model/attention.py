@@ -8,7 +8,8 @@ All per-forward state lives in one explicit ``AttnContext`` built by the LLaVA w
 down to every layer; nothing is stored on modules.  Backends:
 
 - ``eager``: explicit logits + bias + softmax (the reference);
-- ``sdpa``: one dense additive bias per forward, fed to ``scaled_dot_product_attention``;
+- ``sdpa``: one dense additive bias per forward (built once from a distance table and shared by all
+  layers, in the query dtype), fed to ``scaled_dot_product_attention``;
 - ``flex``: FlexAttention with a ``score_mod`` (per-key size bias + a distance lookup table) and a
   causal/padding block mask; no L x L tensor is materialised.
 """
@@ -85,12 +86,16 @@ class AttnContext:
         return self.key_log_size is None and not self.distance
 
     def allowed(self) -> torch.Tensor:
-        """(B, Lq, Lk) bool: causal & valid key; a padding query may see itself (avoids NaN rows)."""
-        B, Lq, Lk = self.key_valid.shape[0], self.q_len, self.k_len
+        """(B, Lq, Lk) bool: causal & valid key; a padding query may see itself (avoids NaN rows).
+        Without padding keys the (1, Lq, Lk) causal mask (it broadcasts over B)."""
+        Lq, Lk = self.q_len, self.k_len
         off = Lk - Lq
-        qi = torch.arange(Lq, device=self.key_valid.device)[:, None] + off
-        kj = torch.arange(Lk, device=self.key_valid.device)[None, :]
-        causal = kj <= qi  # (Lq, Lk)
+        dev = self.key_valid.device
+        causal = torch.ones(Lq, Lk, dtype=torch.bool, device=dev).tril_(off)  # (Lq, Lk): kj <= qi + off
+        if self.all_keys_valid:
+            return causal[None]
+        qi = torch.arange(Lq, device=dev)[:, None] + off
+        kj = torch.arange(Lk, device=dev)[None, :]
         return causal[None] & (self.key_valid[:, None, :] | (kj == qi)[None])
 
     def size_bias(self, layer_idx: int) -> torch.Tensor | None:
@@ -112,32 +117,55 @@ class AttnContext:
                 bias = bias * self.distance_keys[:, None, :]
             self._dense["dist"] = bias
         if "dist" not in self._dense:
-            d = self.query_pos[:, :, None].double() - self.key_pos[:, None, :].double()  # (B, Lq, Lk)
-            if torch.all(d == d.round()):
-                lo, hi = int(d.min()), int(d.max())
-                table = distance_bias(torch.arange(lo, hi + 1, device=d.device, dtype=torch.float64), self.rope_theta, self.head_dim, self.c)
-                bias = table[(d - lo).long()]
+            qp, kp = self.query_pos.double(), self.key_pos.double()  # (B, Lq), (B, Lk)
+            if bool(torch.all(qp == qp.round())) and bool(torch.all(kp == kp.round())):
+                # integer positions: one table over every offset that occurs, read by index (float32)
+                lo, hi = int(qp.min() - kp.max()), int(qp.max() - kp.min())
+                table = distance_table(lo, hi, self.rope_theta, self.head_dim, self.c, qp.device)
+                offset = (qp.long() - lo)[:, :, None] - kp.long()[:, None, :]  # (B, Lq, Lk) in [0, hi - lo]
+                bias = table.take(offset)
             else:
-                bias = distance_bias(d, self.rope_theta, self.head_dim, self.c)
+                bias = distance_bias(qp[:, :, None] - kp[:, None, :], self.rope_theta, self.head_dim, self.c).float()
             if self.distance_keys is not None:
                 bias = bias * self.distance_keys[:, None, :]
-            self._dense["dist"] = bias.float()
+            self._dense["dist"] = bias
         return self._dense["dist"]
 
+    @property
+    def all_keys_valid(self) -> bool:
+        """No padding key (one host read per forward, not per layer)."""
+        if "all_valid" not in self._dense:
+            self._dense["all_valid"] = bool(self.key_valid.all())
+        return self._dense["all_valid"]
+
+    def _masked_distance(self) -> torch.Tensor:
+        """(B, Lq, Lk) float32: the distance term (0 when off) where allowed, -inf elsewhere; once per forward."""
+        if "masked" not in self._dense:
+            dist = self.distance_bias()
+            allowed = self.allowed()
+            fill = torch.zeros((), dtype=torch.float32, device=allowed.device) if dist is None else dist
+            self._dense["masked"] = torch.where(allowed, fill, NEG_INF)
+        return self._dense["masked"]
+
     def dense_bias(self, layer_idx: int, dtype: torch.dtype) -> torch.Tensor:
-        """(B, 1, Lq, Lk) additive bias incl. the mask (-inf where not allowed)."""
+        """(B, 1, Lq, Lk) additive bias incl. the mask (-inf where not allowed), in ``dtype``: summed in
+        float32, rounded once.  Built once per forward and size variant (layer 0's uniform sizes)."""
         key = ("l0" if layer_idx == 0 and self.key_log_size_l0 is not None else "ln", dtype)
         if key not in self._dense:
-            bias = torch.zeros(self.allowed().shape, dtype=torch.float32, device=self.key_valid.device)
-            dist = self.distance_bias()
-            if dist is not None:
-                bias = bias + dist
+            bias = self._masked_distance()
             size = self.size_bias(layer_idx)
             if size is not None:
                 bias = bias + size[:, None, :].float()
-            bias = bias.masked_fill(~self.allowed(), NEG_INF)
             self._dense[key] = bias[:, None].to(dtype)
         return self._dense[key]
+
+
+@lru_cache(maxsize=16)
+def distance_table(lo: int, hi: int, rope_theta: float, head_dim: int, c: float, device: torch.device) -> torch.Tensor:
+    """(hi - lo + 1,) float32 log(c - D(d)) for d = lo..hi (computed in float64).  Memoised: a pure
+    function of its arguments, reused by every forward with the same offsets; callers only read it."""
+    d = torch.arange(lo, hi + 1, device=device, dtype=torch.float64)
+    return distance_bias(d, rope_theta, head_dim, c).float()
 
 
 def _repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:  # (B, Hkv, L, d) -> (B, Hkv*n_rep, L, d)
@@ -158,9 +186,10 @@ def eager_attention(q, k, v, ctx: AttnContext, layer_idx: int) -> torch.Tensor:
 
 def sdpa_attention(q, k, v, ctx: AttnContext, layer_idx: int) -> torch.Tensor:
     n_rep = q.shape[1] // k.shape[1]
-    if ctx.plain and bool(ctx.key_valid.all()) and ctx.q_len == ctx.k_len:
-        return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=n_rep > 1)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=ctx.dense_bias(layer_idx, q.dtype), enable_gqa=n_rep > 1)
+    gqa = n_rep > 1
+    if ctx.plain and ctx.q_len == ctx.k_len and ctx.all_keys_valid:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=ctx.dense_bias(layer_idx, q.dtype), enable_gqa=gqa)
 
 
 @lru_cache(maxsize=1)
@@ -193,8 +222,8 @@ def _flex_parts(ctx: AttnContext, layer_idx: int):
                                  "fractional ones: use attn_backend=sdpa or eager")
             lo = int(qp.min() - kp.max())
             hi = int(qp.max() - kp.min())
-            table = distance_bias(torch.arange(lo, hi + 1, device=qp.device, dtype=torch.float64), ctx.rope_theta, ctx.head_dim, ctx.c)
-            ctx._flex["dist"] = (table.float(), qp.long() - lo, kp.long())
+            table = distance_table(lo, hi, ctx.rope_theta, ctx.head_dim, ctx.c, qp.device)
+            ctx._flex["dist"] = (table, qp.long() - lo, kp.long())
             ctx._flex["dkeys"] = None if ctx.distance_keys is None else ctx.distance_keys.float()
     return ctx._flex["mask"]
 

@@ -42,15 +42,13 @@ def _rule(name: str):
 def _density_peaks(S: torch.Tensor, k: int, lower: bool) -> torch.Tensor:
     """S (B, M, M) cosine -> (B, k) anchors by rho * delta."""
     rho = S.sum(dim=-1)  # (B, M)
-    if lower:
-        allowed = rho.unsqueeze(1) < rho.unsqueeze(2)  # [b, i, j] = rho_j < rho_i
-    else:
-        allowed = rho.unsqueeze(1) > rho.unsqueeze(2)  # [b, i, j] = rho_j > rho_i
-    nearest = S.masked_fill(~allowed, float("-inf")).max(dim=-1).values  # (B, M)
+    # [b, i, j] allowed when rho_j < rho_i (lower) or rho_j > rho_i; fused into one masked max
+    allowed = rho.unsqueeze(1) < rho.unsqueeze(2) if lower else rho.unsqueeze(1) > rho.unsqueeze(2)
+    nearest = torch.where(allowed, S, float("-inf")).amax(dim=-1)  # (B, M), -inf when none
     if lower:
         fallback = torch.ones_like(rho)  # lowest-density token: delta = 1
     else:
-        fallback = 1.0 - S.min(dim=-1).values  # densest token: its largest distance
+        fallback = 1.0 - S.amin(dim=-1)  # densest token: its largest distance
     delta = torch.where(torch.isinf(nearest), fallback, 1.0 - nearest)
     return topk_desc(rho * delta, k)
 
@@ -143,7 +141,7 @@ def anchor_merge(
         token_index = torch.arange(M, device=dev).expand(B, M)
     elif tuple(token_index.shape) != (B, M):
         raise ValueError(f"anchor_merge: token_index shape {tuple(token_index.shape)} != (B, M)={(B, M)}")
-    yn = normalize(y)  # (B, M, D) float32
+    yn = normalize(y.detach())  # (B, M, D) float32 (indices only: no graph)
     S = yn @ yn.transpose(1, 2) if rule in ("reference", "dpc_higher") else None  # (B, M, M)
     anchors = ANCHOR_RULES[rule](
         yn, S, n_anchors, seed=resolve_seed(seed, generator), token_index=token_index, kmeans_iters=kmeans_iters
