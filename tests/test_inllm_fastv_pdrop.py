@@ -288,7 +288,8 @@ def test_sdpa_and_flex_equal_eager(spec, backend):
     ("fastv", dict(fastv_k=2), 200, "n_vis=200 cannot be met by FastV"),
     ("fastv", dict(fastv_keep=700), None, "fastv_keep=700 must be in 1..N=576"),
     ("fastv", dict(fastv_keep=100), 300, "gives a layer average of"),
-    ("pdrop", dict(pdrop_layers=[8, 16, 24]), 300, r"pdrop_layers=\[8, 16, 24\]: layer 8 is out of range for a 4-layer decoder"),
+    ("pdrop", dict(pdrop_layers=[8, 16, 24]), 300,
+     r"pdrop_layers=\[8, 16, 24\]: layer 8 is out of range for a 4-layer decoder"),
     ("pdrop", dict(pdrop_layers=[2, 1]), 300, "strictly increasing"),
     ("pdrop", dict(pdrop_layers=[2, 3]), 200, "n_vis=200 cannot be met by PDrop"),
     ("pdrop", dict(pdrop_lambda=1.5, pdrop_layers=[1, 2, 3]), None, "pdrop_lambda=1.5 must be in"),
@@ -369,7 +370,8 @@ def test_cli_refuses_restore_with_an_in_llm_method(capsys):
 
     adapter = get_adapter("loader")
     ap = build_parser(adapter)
-    base = ["--question-file", "q.jsonl", "--answers-file", "a.jsonl", "--model-path", "m", "--reduction", "fastv", "--n-vis", "64"]
+    base = ["--question-file", "q.jsonl", "--answers-file", "a.jsonl", "--model-path", "m",
+            "--reduction", "fastv", "--n-vis", "64"]
     ok = settings_from_args(ap.parse_args(base), adapter, ap)
     assert ok.reduction.method == "fastv" and ok.reduction.n_vis == 64
     with pytest.raises(SystemExit):

@@ -220,7 +220,8 @@ def measure(model, ids, mask, pixels, variants: list[Variant], repeats: int, war
                 seq, per_layer, n_avg = sum(L) / len(L), None, (N if v.cfg is None else v.cfg.n_vis)
             else:  # per-layer lengths: the layers before a drop at full length
                 lengths = inllm.tokens_per_layer.tolist()  # (B, layers) real tokens per row
-                llm = sum(llm_prefill_flops_layers(dims, row) + inllm_flops(dims, inllm, b) for b, row in enumerate(lengths))
+                llm = sum(llm_prefill_flops_layers(dims, row) + inllm_flops(dims, inllm, b)
+                          for b, row in enumerate(lengths))
                 llm /= len(lengths)
                 kv_formula = sum(kv_cache_bytes_layers(dims, row, elem) for row in lengths) / len(lengths)
                 seq = sum(sum(row) / len(row) for row in lengths) / len(lengths)

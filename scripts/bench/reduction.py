@@ -155,7 +155,8 @@ def inllm_prefill(args, methods: list[str]) -> None:
     def runner(method):
         n_visual = n if method == "pruned-before-LLM" else N
         h, valid, visual, pos = inputs(n_visual)
-        cfg = None if method in ("full", "pruned-before-LLM") else make_reduction_config(method=method, n_vis=n).resolve()
+        plain = method in ("full", "pruned-before-LLM")
+        cfg = None if plain else make_reduction_config(method=method, n_vis=n).resolve()
 
         def go():
             ctx = AttnContext(key_valid=valid, query_pos=pos, key_pos=pos, backend="sdpa")
