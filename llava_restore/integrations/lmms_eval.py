@@ -10,9 +10,9 @@ Registered by the entry point ``lmms_eval.models`` (pyproject.toml; ``llava_rest
   (``llava_restore.eval.generate.answer_batch``): same prompts, padding, reduction and decoding, so
   the answers equal ``model_vqa_loader``'s on the same questions at any batch size. Requests are
   grouped by their ``generation_kwargs`` and batched in request order.
-- ``loglikelihood``: log p(continuation | context) of the assistant turn, one forward per batch
-  (right padding), with the same reduction; ``is_greedy`` is whether every continuation token is
-  the argmax.
+- ``loglikelihood``: log p(continuation | context) of the assistant turn, computed as generation
+  computes it (the prompt's prefill with the reduction, then the continuation as decode steps over
+  the KV cache), batched; ``is_greedy`` is whether every continuation token is the argmax.
 - ``model_args``: see :data:`MODEL_KEYS` and every ``ReductionConfig`` field (``reduction`` is
   the CLIs' name of ``method``). A bad one ends the run with one line ``error: model_args: ...``
   naming the key (:class:`ModelArgsError`, a ``SystemExit``: lmms-eval turns any ``Exception``
@@ -31,11 +31,12 @@ from lmms_eval.api.instance import Instance
 from lmms_eval.api.model import lmms
 from tqdm import tqdm
 
-from llava_restore.constants import DEFAULT_IMAGE_TOKEN, IGNORE_INDEX
+from llava_restore.constants import DEFAULT_IMAGE_TOKEN
 from llava_restore.eval.generate import (DTYPES, INPUT_ERRORS, GenSettings, ModelBundle, PrefillTimer, Sample,
                                          answer_batch, load_bundle, with_image_token)
 from llava_restore.model.attention import SDPA_KERNELS, sdpa_kernels
 from llava_restore.model.conversation import build_prompt, conv_templates
+from llava_restore.model.llava_llama import LlavaLlamaForCausalLM
 from llava_restore.model.mm_utils import pad_sequences, process_images, tokenizer_image_token
 from llava_restore.model.vision import VisionCache
 from llava_restore.reduction.config import ATTN_BACKENDS, ReductionConfig, config_field_names, make_reduction_config
@@ -289,39 +290,48 @@ class LlavaRestore(lmms):
         return res
 
     def score_continuations(self, items: Sequence[tuple]) -> List[Tuple[float, bool]]:
-        """``[(user turn, continuation, image or None)]`` -> ``[(log p(continuation), is_greedy)]``:
-        the continuation is the assistant's reply in the conversation template (its end-of-turn
-        separator excluded), tokenised with the prompt; its tokens are the ones after the prompt's."""
+        """``[(user turn, continuation, image or None)]`` -> ``[(log p(continuation), is_greedy)]``.
+
+        The continuation is the assistant's reply in the conversation template (its end-of-turn
+        separator excluded), tokenised with the prompt; its tokens are the ones after the prompt's.
+        They are scored as generation computes them: the prompt's prefill (left padding, with the
+        reduction), then the continuation as decode steps over the KV cache, so the prefill-only
+        parts of RESTORE (the distance term unless ``distance_in_decode``) apply as in generation."""
         tok, model, dev = self.bundle.tokenizer, self.bundle.model, self.bundle.device
+        if not isinstance(model, LlavaLlamaForCausalLM):
+            raise NotImplementedError(f"llava_restore: loglikelihood is implemented for LLaVA-1.5 checkpoints, "
+                                      f"not {type(model).__name__}")
         conv = self.settings.conv_mode
         sep2 = conv_templates[conv].sep2
-        seqs, n_ctx = [], []
+        prompts, conts = [], []
         for question, cont, _ in items:
             ctx_ids = tokenizer_image_token(build_prompt(question, conv), tok, return_tensors="pt")  # (Lc,)
             full = build_prompt(question, conv, answer=cont)
             full = full[:-len(sep2)] if sep2 and full.endswith(sep2) else full
             ids = tokenizer_image_token(full, tok, return_tensors="pt")  # (L,)
             n = min(len(ctx_ids), len(ids))
-            k = int((ctx_ids[:n] != ids[:n]).nonzero()[0]) if bool((ctx_ids[:n] != ids[:n]).any()) else n
+            differ = (ctx_ids[:n] != ids[:n]).nonzero()
+            k = int(differ[0]) if len(differ) else n  # the common prefix is the prompt
             if k == len(ids):
                 raise ValueError(f"llava_restore: the continuation {cont!r} adds no token to its context")
-            seqs.append(ids)
-            n_ctx.append(k)
-        input_ids, mask = pad_sequences(seqs, tok.pad_token_id, side="right")  # (B, L)
-        labels = input_ids.masked_fill(~mask, IGNORE_INDEX)
-        for b, k in enumerate(n_ctx):
-            labels[b, :k] = IGNORE_INDEX
+            prompts.append(ids[:k])
+            conts.append(ids[k:])
+        input_ids, mask = pad_sequences(prompts, tok.pad_token_id, side="left")  # (B, Lc)
+        target, valid = pad_sequences(conts, tok.pad_token_id, side="right")  # (B, T)
         imgs = [img for _, _, img in items if img is not None]
         images = None
         if imgs:
             images = process_images(imgs, self.bundle.processor, model.config.image_aspect_ratio)
             images = images.to(dev, dtype=self.bundle.dtype)  # (n_img, 3, H, W)
+        cfg, backend = self.settings.reduction, self.settings.attn_impl
         with torch.inference_mode(), sdpa_kernels(self.settings.sdpa_kernel):
-            out = model(input_ids.to(dev), mask.to(dev), images, labels=labels.to(dev), reduction=self.settings.reduction,
-                        padding_side="right", attn_backend=self.settings.attn_impl, vision_cache=self.vision_cache)
-        target = out.prepared.labels[:, 1:]  # (B, L'-1): the expanded sequence's next tokens
-        logp = F.log_softmax(out.logits[:, :-1].float(), dim=-1)  # (B, L'-1, V)
-        valid = target != IGNORE_INDEX
-        tok_lp = logp.gather(-1, target.clamp(min=0)[..., None])[..., 0] * valid  # (B, L'-1)
+            out = model(input_ids.to(dev), mask.to(dev), images, reduction=cfg, use_cache=True, padding_side="left",
+                        attn_backend=backend, last_logits_only=True, vision_cache=self.vision_cache)
+            logits = out.logits  # (B, 1, V): the first continuation token's
+            if target.shape[1] > 1:  # right padding of the continuations only follows their real tokens
+                step = model(target[:, :-1].to(dev), reduction=cfg, cache=out.cache, attn_backend=backend)
+                logits = torch.cat([logits, step.logits], dim=1)  # (B, T, V)
+        logp = F.log_softmax(logits.float(), dim=-1).cpu()  # (B, T, V)
+        tok_lp = logp.gather(-1, target[..., None])[..., 0] * valid  # (B, T)
         greedy = (logp.argmax(-1) == target) | ~valid
         return [(float(tok_lp[b].sum()), bool(greedy[b].all())) for b in range(len(items))]
