@@ -124,7 +124,8 @@ else:
     def our_scores(workdir: Path, bench: str, answers: Path) -> dict:
         f = bench_files(workdir, bench)
         if bench == "gqa":
-            return {"gqa_accuracy": score_gqa(answers, f["dir"] / "data" / "testdev_balanced_questions.json")["accuracy"]}
+            questions = f["dir"] / "data" / "testdev_balanced_questions.json"
+            return {"gqa_accuracy": score_gqa(answers, questions)["accuracy"]}
         m = score_pope(answers, f["questions"], f["dir"] / "coco")
         return {"pope_f1": m["mean_f1"], "pope_acc": m["mean_acc"]}
 
@@ -232,7 +233,8 @@ else:
                 continue  # exclusive / preset-dependent: covered by the n_vis runs and the resolve() below
             parsed = parse_model_args({"pretrained": str(tiny_model), "method": "divprune", f.name: value})
             assert getattr(parsed.settings.reduction, f.name) == value, f.name
-        parsed = parse_model_args({"pretrained": str(tiny_model), "reduction": "divprune", "n_vis": 64, "restore": True})
+        parsed = parse_model_args({"pretrained": str(tiny_model), "reduction": "divprune", "n_vis": 64,
+                                   "restore": True})
         assert parsed.settings.reduction == make_reduction_config(method="divprune", n_vis=64, restore=True).resolve()
         assert parse_model_args({"pretrained": str(tiny_model), "attn_backend": "eager"}).settings.reduction is None
 
@@ -278,7 +280,8 @@ else:
             assert torch.equal(full[:len(ctx_ids)], ctx_ids)
             cont_ids = full[len(ctx_ids):]
             ids, mask = pad_sequences([ctx_ids], tok.pad_token_id, side="left")
-            image = process_images([docs[conts.index(cont)]["image"]], bundle.processor, model.config.image_aspect_ratio)
+            image = process_images([docs[conts.index(cont)]["image"]], bundle.processor,
+                                   model.config.image_aspect_ratio)
             with torch.inference_mode():
                 out = model(ids, mask, image, reduction=cfg, use_cache=True, padding_side="left", last_logits_only=True)
                 total, greedy = 0.0, True

@@ -22,8 +22,6 @@ from typing import Dict, List
 
 from llava_restore.eval.answers import read_jsonl
 from llava_restore.eval.benchmarks import BENCHMARKS
-from llava_restore.eval.eval_gqa import score_gqa
-from llava_restore.eval.eval_pope import score_pope
 from llava_restore.eval.run import DEFAULT_DATA_ROOT
 from llava_restore.model.mm_utils import load_image
 
