@@ -19,13 +19,13 @@ from llava_restore.model.qwen2_5_vl import QwenImages
 SIZES = [(32, 24), (48, 40), (32, 32)]
 
 
-@functools.lru_cache(maxsize=1)
-def tiny_qwen_folder() -> str:
-    """A tiny Qwen2.5-VL folder written by make_tiny's builder at init std 0.2 with random norm
-    weights and biases (q/k/v biases included), so a wrong rotary id or token visibly moves the logits."""
+@functools.lru_cache(maxsize=2)
+def tiny_qwen_folder(family: str = "qwen2_5_vl") -> str:
+    """A tiny Qwen2.5-VL (or Qwen3-VL) folder written by make_tiny's builder at init std 0.2 with random
+    norm weights and biases (q/k/v biases included), so a wrong rotary id or token visibly moves the logits."""
     from llava_restore.tools.tiny_qwen import build_tiny_qwen
 
-    tok, hf, proc = build_tiny_qwen(seed=0, init_std=SENSITIVE_INIT_STD)
+    tok, hf, proc = build_tiny_qwen(seed=0, init_std=SENSITIVE_INIT_STD, family=family)
     randomize_vectors(hf, SENSITIVE_INIT_STD, seed=0)
     out = tempfile.mkdtemp(prefix="tiny_qwen_")
     hf.save_pretrained(out)
@@ -34,21 +34,22 @@ def tiny_qwen_folder() -> str:
     return out
 
 
-@functools.lru_cache(maxsize=1)
-def loaded():
+@functools.lru_cache(maxsize=2)
+def loaded(family: str = "qwen2_5_vl"):
     from llava_restore.model.builder import load_pretrained_model
 
-    tok, model, proc, _ = load_pretrained_model(tiny_qwen_folder(), device="cpu")
+    tok, model, proc, _ = load_pretrained_model(tiny_qwen_folder(family), device="cpu")
     for p in model.parameters():
         p.requires_grad_(False)
     return tok, model, proc
 
 
-@functools.lru_cache(maxsize=1)
-def hf_reference():
-    from transformers import Qwen2_5_VLForConditionalGeneration
+@functools.lru_cache(maxsize=2)
+def hf_reference(family: str = "qwen2_5_vl"):
+    from transformers import Qwen2_5_VLForConditionalGeneration, Qwen3VLForConditionalGeneration
 
-    return Qwen2_5_VLForConditionalGeneration.from_pretrained(tiny_qwen_folder(), dtype=torch.float32).eval()
+    cls = Qwen3VLForConditionalGeneration if family == "qwen3_vl" else Qwen2_5_VLForConditionalGeneration
+    return cls.from_pretrained(tiny_qwen_folder(family), dtype=torch.float32).eval()
 
 
 def image(seed: int, size) -> Image.Image:
@@ -94,14 +95,16 @@ def left_pad(seqs, pad_id: int):
 
 
 @torch.no_grad()
-def forward_prepared(model, prep, positions=None, reduction=None, backend=None):
-    """Logits from prepared inputs, optionally with ``positions`` (B, L, 3) replaced (a planted error)."""
+def forward_prepared(model, prep, positions=None, reduction=None, backend=None, inject="prepared"):
+    """Logits from prepared inputs, optionally with ``positions`` (B, L, 3) replaced (a planted error)
+    or the DeepStack injection replaced (``inject=None``: none)."""
     positions = prep.positions if positions is None else positions
     meta = KVCache(key_valid=prep.valid, key_pos=positions, key_log_size=prep.log_size,
                    key_log_size_l0=prep.log_size_l0, key_visual=prep.visual, next_pos=prep.next_pos)
     red = model._resolve(reduction)
     ctx = model._context(red, positions, meta, decoding=False, backend=backend)
-    return model.lm_head(model.model(prep.embeds, positions, ctx, None))
+    inject = prep.inject if isinstance(inject, str) else inject
+    return model.lm_head(model.model(prep.embeds, positions, ctx, None, inject=inject))
 
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

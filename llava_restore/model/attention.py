@@ -68,6 +68,7 @@ class AttnContext:
     # M-RoPE (Qwen2.5-VL): query_pos/key_pos are (B, L, 3) (t, h, w) and the distance term is
     # reduction/mrope.py's D(Δ) = mean_k cos(Δ_axis(k) θ_k); None = 1-D RoPE positions (B, L)
     mrope_section: tuple[int, ...] | None = None
+    mrope_interleaved: bool = False  # Qwen3-VL's interleaved frequency-to-axis assignment
     # analysis only: the eager backend calls it with (layer_idx, probs (B, H, Lq, Lk)) after softmax
     record_probs: Callable[[int, torch.Tensor], None] | None = field(default=None, repr=False)
     _dense: dict = field(default_factory=dict, repr=False)  # cached per-forward dense biases
@@ -112,7 +113,8 @@ class AttnContext:
         if "dist" not in self._dense and self.mrope_section is not None:
             from llava_restore.reduction.mrope import mrope_dense_bias
 
-            bias = mrope_dense_bias(self.query_pos, self.key_pos, self.rope_theta, self.head_dim, self.mrope_section, self.c)
+            bias = mrope_dense_bias(self.query_pos, self.key_pos, self.rope_theta, self.head_dim, self.mrope_section,
+                                    self.c, self.mrope_interleaved)
             if self.distance_keys is not None:
                 bias = bias * self.distance_keys[:, None, :]
             self._dense["dist"] = bias

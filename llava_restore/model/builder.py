@@ -12,6 +12,7 @@ from .checkpoint import hf_to_ours, load_state_dict, ours_to_hf, save_state_dict
 from .config import CheckpointError, LlavaConfig, parse_config, read_config_json
 from .llava_llama import LlavaLlamaForCausalLM
 from .qwen2_5_vl import is_qwen2_5_vl_config
+from .qwen3_vl import is_qwen3_vl_config
 from .vision import CLIPVisionTower, load_vision_tower
 
 log = logging.getLogger(__name__)
@@ -145,7 +146,7 @@ def load_pretrained_model(model_path: str, model_base: str | None = None, model_
     if is_lora_folder(model_path):
         return _load_lora(model_path, model_base, dev, torch_dtype, vision_tower, allow_download, attn_implementation)
     raw = read_config_json(model_path)
-    if is_qwen2_5_vl_config(raw):
+    if is_qwen2_5_vl_config(raw) or is_qwen3_vl_config(raw):
         return _load_qwen2_5_vl(model_path, raw, dev, torch_dtype, attn_implementation)
     cfg = parse_config(raw, model_path)
     dtype = _dtype(torch_dtype, raw, dev)
@@ -162,19 +163,23 @@ def load_pretrained_model(model_path: str, model_base: str | None = None, model_
 
 
 def _load_qwen2_5_vl(folder: str, raw: dict, dev, torch_dtype, attn_impl):
-    """A Qwen2.5-VL folder (model_type qwen2_5_vl): our M-RoPE decoder + transformers' vision tower.
+    """A Qwen2.5-VL / Qwen3-VL folder (model_type qwen2_5_vl / qwen3_vl): our M-RoPE decoder +
+    transformers' vision tower.
     The image processor is the PIL ``Qwen2VLImageProcessorPil`` (AutoProcessor would also need
     torchvision for the video processor); the tokenizer is loaded on its own."""
     from transformers import Qwen2VLImageProcessorPil
 
     from .qwen2_5_vl import QwenVLConfig, build_qwen_model
+    from .qwen3_vl import build_qwen3_model, parse_qwen3_vl_config
 
-    cfg = QwenVLConfig.from_dict(raw, folder)
+    qwen3 = is_qwen3_vl_config(raw)
+    cfg = parse_qwen3_vl_config(raw, folder) if qwen3 else QwenVLConfig.from_dict(raw, folder)
     if not os.path.isfile(os.path.join(folder, "preprocessor_config.json")):
         raise CheckpointError(f"{folder}: Qwen2.5-VL folder has no preprocessor_config.json (the image processor: "
                               f"patch_size, merge_size, min_pixels/max_pixels)")
     processor = Qwen2VLImageProcessorPil.from_pretrained(folder, local_files_only=True)
-    model = build_qwen_model(cfg, folder, load_state_dict(folder), _dtype(torch_dtype, raw, dev))
+    model = (build_qwen3_model if qwen3 else build_qwen_model)(cfg, folder, load_state_dict(folder),
+                                                               _dtype(torch_dtype, raw, dev))
     tokenizer = load_tokenizer(folder)
     template = os.path.join(folder, "chat_template.json")  # the processor-level file some hub folders carry
     if not getattr(tokenizer, "chat_template", None) and os.path.isfile(template):

@@ -44,6 +44,7 @@ class QwenVLConfig:
     vision_end_token_id: int | None
     spatial_merge_size: int
     source_format: str = "qwen2_5_vl"
+    mrope_interleaved: bool = False  # Qwen3-VL
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any], where: str) -> "QwenVLConfig":
@@ -78,16 +79,20 @@ class QwenVLConfig:
                    spatial_merge_size=int(vision.get("spatial_merge_size", 2)))
 
 
+QWEN_MODEL_TYPES = ("qwen2_5_vl", "qwen3_vl")  # config model_type of the folders this module's models load
+
+
 def is_qwen2_5_vl_config(raw: dict) -> bool:
     """Recognised by config fields: model_type qwen2_5_vl (the vision tower's own config names the same)."""
     return raw.get("model_type") == "qwen2_5_vl"
 
 
 # ------------------------------------------------------------------------------------ decoder
-def mrope_cos_sin(positions: torch.Tensor, head_dim: int, theta: float, section, dtype: torch.dtype):
+def mrope_cos_sin(positions: torch.Tensor, head_dim: int, theta: float, section, dtype: torch.dtype,
+                  interleaved: bool = False):
     """positions (B, L, 3) float (t, h, w) -> cos, sin (B, 1, L, head_dim): frequency k uses axis(k)."""
     inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64, device=positions.device).float() / head_dim))
-    axes = section_axes(section, head_dim, positions.device)  # (d/2,)
+    axes = section_axes(section, head_dim, positions.device, interleaved)  # (d/2,)
     freqs = positions.float()[:, :, axes] * inv_freq[None, None, :]  # (B, L, d/2)
     emb = torch.cat((freqs, freqs), dim=-1)  # (B, L, d)
     return emb.cos().to(dtype)[:, None], emb.sin().to(dtype)[:, None]
@@ -110,18 +115,23 @@ class QwenDecoderLayer(LlamaDecoderLayer):
 class QwenDecoder(nn.Module):
     """embed_tokens + layers + norm (``model.`` of the hub layout), M-RoPE positions (B, L, 3)."""
 
-    def __init__(self, cfg: TextConfig, mrope_section):
+    def __init__(self, cfg: TextConfig, mrope_section, interleaved: bool = False, layer_cls=QwenDecoderLayer):
         super().__init__()
-        self.cfg, self.mrope_section = cfg, tuple(mrope_section)
+        self.cfg, self.mrope_section, self.interleaved = cfg, tuple(mrope_section), interleaved
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
-        self.layers = nn.ModuleList(QwenDecoderLayer(cfg, i) for i in range(cfg.num_hidden_layers))
+        self.layers = nn.ModuleList(layer_cls(cfg, i) for i in range(cfg.num_hidden_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
-    def forward(self, h: torch.Tensor, positions: torch.Tensor, ctx: AttnContext, cache: KVCache | None = None):
-        """h (B, L, D), positions (B, L, 3) float -> (B, L, D)."""
-        cos, sin = mrope_cos_sin(positions, self.cfg.head_dim, self.cfg.rope_theta, self.mrope_section, h.dtype)
-        for layer in self.layers:
+    def forward(self, h: torch.Tensor, positions: torch.Tensor, ctx: AttnContext, cache: KVCache | None = None,
+                inject: list[torch.Tensor] | None = None):
+        """h (B, L, D), positions (B, L, 3) float -> (B, L, D).  ``inject`` (Qwen3-VL's DeepStack): per
+        layer i < len(inject), (B, L, D) added to the output of layer i (0 off the visual tokens)."""
+        cos, sin = mrope_cos_sin(positions, self.cfg.head_dim, self.cfg.rope_theta, self.mrope_section, h.dtype,
+                                 self.interleaved)
+        for i, layer in enumerate(self.layers):
             h = layer(h, cos, sin, ctx, cache)
+            if inject is not None and i < len(inject):
+                h = h + inject[i].to(h.dtype)
         return self.norm(h)
 
 
@@ -146,22 +156,21 @@ class ImageTokens:
     importance: torch.Tensor | None = None  # (N,) attention received in the last block (CLS-free signal)
     merger_in: torch.Tensor | None = None  # (N, merge^2 * Dv) the merger MLP's input
     keys: torch.Tensor | None = None  # (N, dk) last block's keys, head mean, mean over the merge unit
+    deepstack: list[torch.Tensor] | None = None  # Qwen3-VL: per DeepStack level (N, D), injected into the LLM
 
 
 PROBS_BLOCK = 1 << 26  # elements of one block of recomputed vision attention probabilities (256 MB in fp32)
 
 
-def _last_block_stats(attn: nn.Module, hidden: torch.Tensor, cu_seqlens: torch.Tensor, pos_emb) -> tuple:
-    """From the last vision block's attention input (L, Dv) (window order): per patch the attention it
+def _last_block_stats(attn: nn.Module, hidden: torch.Tensor, cu_seqlens: torch.Tensor, pos_emb, rotary) -> tuple:
+    """From the last vision block's attention input (L, Dv) (tower order): per patch the attention it
     receives (mean over heads and over the queries of its attention chunk) (L,) and its keys (head
-    mean, before the rotary embedding) (L, dh)."""
-    from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_emb_vision
-
+    mean, before the rotary embedding) (L, dh).  ``rotary``: the tower's apply_rotary_pos_emb_vision."""
     L = hidden.shape[0]
     q, k, _ = attn.qkv(hidden).reshape(L, 3, attn.num_heads, -1).permute(1, 0, 2, 3).unbind(0)  # (L, H, dh)
     keys = k.float().mean(1)  # (L, dh)
     cos, sin = pos_emb
-    q, k = apply_rotary_pos_emb_vision(q, k, cos, sin)
+    q, k = rotary(q, k, cos, sin)
     received = torch.zeros(L, dtype=torch.float32, device=hidden.device)
     bounds = cu_seqlens.tolist()
     H = q.shape[1]
@@ -176,15 +185,45 @@ def _last_block_stats(attn: nn.Module, hidden: torch.Tensor, cu_seqlens: torch.T
     return received, keys
 
 
-def run_vision(visual: nn.Module, images: QwenImages, want_stats: bool) -> list[ImageTokens]:
-    """transformers' Qwen2.5-VL vision tower on I images -> one ImageTokens per image (raster order).
+@dataclass
+class TowerSpec:
+    """How one family's transformers vision tower is read (Qwen2.5-VL: ``QWEN2_5_TOWER``)."""
+
+    rotary: Any  # apply_rotary_pos_emb_vision of the tower's module
+    order: Any  # (visual, grid_thw) -> (sum N,) index from the tower's merge-unit order to raster order
+    merger_in: Any  # (visual, last_hidden_state (sum N * unit, Dv)) -> (sum N, merge^2 * Dv), tower order
+    deepstack: Any = None  # (tower output) -> list of (sum N, D) raster-order features, or None
+
+
+def _qwen2_5_order(visual, grid):
+    from transformers.vision_utils import get_vision_window_index
+
+    window_index, _ = get_vision_window_index(grid, spatial_merge_size=visual.spatial_merge_size,
+                                              window_size=visual.window_size, patch_size=visual.patch_size)
+    return torch.argsort(window_index)  # window order -> raster order, per merge unit
+
+
+def _qwen2_5_merger_in(visual, last):
+    return visual.merger.ln_q(last).view(-1, visual.spatial_merge_unit * last.shape[-1])
+
+
+def _qwen2_5_rotary(q, k, cos, sin):
+    from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_emb_vision
+
+    return apply_rotary_pos_emb_vision(q, k, cos, sin)
+
+
+QWEN2_5_TOWER = TowerSpec(rotary=_qwen2_5_rotary, order=_qwen2_5_order, merger_in=_qwen2_5_merger_in)
+
+
+def run_vision(visual: nn.Module, images: QwenImages, want_stats: bool,
+               spec: TowerSpec = QWEN2_5_TOWER) -> list[ImageTokens]:
+    """transformers' Qwen vision tower on I images -> one ImageTokens per image (raster order).
 
     With ``want_stats`` a forward pre-hook on the last block's attention (removed on return) reads
     its input and recomputes that block's attention probabilities: the importance signal for
     VisPruner / HoloV / VisionZip (no CLS token; as HoloV's Qwen2.5-VL code: the head-mean attention
     each patch receives in the last block, averaged over the merge unit)."""
-    from transformers.vision_utils import get_vision_window_index
-
     grid = images.grid_thw
     unit = visual.spatial_merge_unit
     if bool((grid[:, 0] != 1).any()):
@@ -203,22 +242,21 @@ def run_vision(visual: nn.Module, images: QwenImages, want_stats: bool) -> list[
             handle.remove()
     merged = out.pooler_output  # (sum N_i, D), raster order
     counts = (grid.prod(-1) // unit).tolist()
+    deep = None if spec.deepstack is None else [f.split(counts) for f in spec.deepstack(out)]
     stats = None
     if want_stats:
-        window_index, _ = get_vision_window_index(grid, spatial_merge_size=visual.spatial_merge_size,
-                                                  window_size=visual.window_size, patch_size=visual.patch_size)
-        reverse = torch.argsort(window_index)  # window order -> raster order, per merge unit
-        received, keys = _last_block_stats(visual.blocks[-1].attn, seen["hidden"], seen["cu"], seen["pos"])
-        Dv = out.last_hidden_state.shape[-1]
+        reverse = spec.order(visual, grid)
+        received, keys = _last_block_stats(visual.blocks[-1].attn, seen["hidden"], seen["cu"], seen["pos"], spec.rotary)
         importance = received.view(-1, unit).mean(-1)[reverse]  # (sum N_i,)
         keys = keys.view(-1, unit, keys.shape[-1]).mean(1)[reverse]
-        merger_in = visual.merger.ln_q(out.last_hidden_state).view(-1, unit * Dv)[reverse]
+        merger_in = spec.merger_in(visual, out.last_hidden_state)[reverse]
         stats = (importance.split(counts), merger_in.split(counts), keys.split(counts))
     toks = []
     for i, feats in enumerate(merged.split(counts)):
         hw = (int(grid[i, 1]) // visual.spatial_merge_size, int(grid[i, 2]) // visual.spatial_merge_size)
         extra = {} if stats is None else dict(importance=stats[0][i], merger_in=stats[1][i], keys=stats[2][i])
-        toks.append(ImageTokens(feats=feats, grid_hw=hw, **extra))
+        toks.append(ImageTokens(feats=feats, grid_hw=hw, deepstack=None if deep is None else [d[i] for d in deep],
+                                **extra))
     return toks
 
 
@@ -234,6 +272,7 @@ class QwenPrepared:
     labels: torch.Tensor | None
     next_pos: torch.Tensor  # (B,) position of the first generated token (all three axes)
     reductions: list[ReductionResult]
+    inject: list[torch.Tensor] | None = None  # Qwen3-VL DeepStack: per level (B, L, D), 0 off visual tokens
 
 
 @dataclass
@@ -277,11 +316,22 @@ def _reduction_inputs(tok: ImageTokens, cfg: ReductionConfig, projector) -> dict
     return out
 
 
+def member_mean(result: ReductionResult, feats: torch.Tensor) -> torch.Tensor:
+    """(N, D) per-patch features -> (n, D): each output token's mean over its members (a kept token: itself)."""
+    src = result.source[0]  # (N,)
+    kept = src >= 0
+    sums = feats.new_zeros(result.n, feats.shape[-1], dtype=torch.float32).index_add_(0, src[kept], feats[kept].float())
+    return (sums / result.sizes[0, :, None].float()).to(feats.dtype)
+
+
 class Qwen2_5_VLForRestore(nn.Module):
+    tower = QWEN2_5_TOWER  # how the transformers vision tower is read
+    layer_cls = QwenDecoderLayer
+
     def __init__(self, config: QwenVLConfig, visual: nn.Module | None = None):
         super().__init__()
         self.config = config
-        self.model = QwenDecoder(config.text, config.mrope_section)
+        self.model = QwenDecoder(config.text, config.mrope_section, config.mrope_interleaved, self.layer_cls)
         self.visual = visual
         self.lm_head = nn.Linear(config.text.hidden_size, config.text.vocab_size, bias=False)
         if config.text.tie_word_embeddings:
@@ -295,7 +345,7 @@ class Qwen2_5_VLForRestore(nn.Module):
         if self.visual is None:
             raise RuntimeError("this model has no vision tower loaded")
         want = cfg is not None and cfg.method != "none" and bool(needed_inputs(cfg))
-        return run_vision(self.visual, images, want_stats=want)
+        return run_vision(self.visual, images, want_stats=want, spec=self.tower)
 
     def reduce(self, toks: list[ImageTokens], cfg: ReductionConfig | None, where: list[str]) -> list[ReductionResult]:
         """One single-sample ReductionResult per image; n from ``image_budget``."""
@@ -317,8 +367,12 @@ class Qwen2_5_VLForRestore(nn.Module):
                 out.append(identity_result(feats))
                 continue
             cfg_i = replace(cfg, n_vis=n, keep_ratio=None)
-            out.append(reduce_visual_tokens(feats, cfg_i, **_reduction_inputs(tok, cfg_i, self.visual.merger.mlp)))
+            out.append(reduce_visual_tokens(feats, cfg_i, **_reduction_inputs(tok, cfg_i, self.projector())))
         return out
+
+    def projector(self):
+        """The merger's MLP: VisionZip's reference merge sums members before it, as LLaVA's projector."""
+        return self.visual.merger.mlp
 
     @staticmethod
     def _resolve(cfg: ReductionConfig | None) -> ReductionConfig | None:
@@ -368,6 +422,7 @@ class Qwen2_5_VLForRestore(nn.Module):
             ids_b, emb_b = input_ids[b][mask[b]], text_emb[b][mask[b]]
             lab_b = labels[b][mask[b]] if labels is not None else None
             seg_e, seg_p, seg_v, seg_s, seg_s0, seg_l = [], [], [], [], [], []
+            row_images = []  # (image index, offset in the spliced row) for the DeepStack features
             cursor, start = 0.0, 0
             for lo, hi in spans[b] + [(ids_b.shape[0], ids_b.shape[0])]:
                 t = lo - start  # text run [start, lo)
@@ -385,6 +440,7 @@ class Qwen2_5_VLForRestore(nn.Module):
                 if hi - lo not in (1, N):
                     raise ValueError(f"{where[img_i]}: {hi - lo} placeholder tokens, expected 1 or its N={N} "
                                      f"(grid {tok.grid_hw[0]}x{tok.grid_hw[1]} merged tokens)")
+                row_images.append((img_i, sum(e.shape[0] for e in seg_e)))
                 img_i += 1
                 pos, cursor = visual_mrope_ids(r, tok.grid_hw, cursor, rep)
                 seg_e.append(r.features[0].to(emb_b.dtype))
@@ -395,7 +451,7 @@ class Qwen2_5_VLForRestore(nn.Module):
                 seg_l.append(torch.full((n,), IGNORE_INDEX, dtype=torch.long, device=dev) if lab_b is not None else None)
                 start = hi
             rows.append((torch.cat(seg_e), torch.cat(seg_p), torch.cat(seg_v), torch.cat(seg_s), torch.cat(seg_s0),
-                         torch.cat(seg_l) if lab_b is not None else None, cursor))
+                         torch.cat(seg_l) if lab_b is not None else None, cursor, row_images))
 
         Lmax = max(r[0].shape[0] for r in rows)
         D = text_emb.shape[-1]
@@ -407,15 +463,22 @@ class Qwen2_5_VLForRestore(nn.Module):
         log_size_l0 = torch.zeros(B, Lmax, device=dev)
         out_labels = torch.full((B, Lmax), IGNORE_INDEX, dtype=torch.long, device=dev) if labels is not None else None
         next_pos = torch.zeros(B, device=dev)
-        for b, (e, p, v, s, s0, lab, cur) in enumerate(rows):
+        levels = len(toks[0].deepstack) if toks and toks[0].deepstack is not None else 0
+        inject = [text_emb.new_zeros(B, Lmax, D) for _ in range(levels)] or None
+        for b, (e, p, v, s, s0, lab, cur, row_images) in enumerate(rows):
             ln = e.shape[0]
-            sl = slice(Lmax - ln, Lmax) if padding_side == "left" else slice(0, ln)
+            start = Lmax - ln if padding_side == "left" else 0
+            sl = slice(start, start + ln)
             embeds[b, sl], valid[b, sl], positions[b, sl], visual[b, sl] = e, True, p, v
             log_size[b, sl], log_size_l0[b, sl] = s, s0
             if out_labels is not None:
                 out_labels[b, sl] = lab
             next_pos[b] = cur
-        return QwenPrepared(embeds, valid, positions, visual, log_size, log_size_l0, out_labels, next_pos, reds)
+            for i, off in row_images:  # DeepStack: each level reduced like the image's tokens
+                n = reds[i].n
+                for level, feats in zip(inject or [], toks[i].deepstack or []):
+                    level[b, start + off:start + off + n] = member_mean(reds[i], feats).to(level.dtype)
+        return QwenPrepared(embeds, valid, positions, visual, log_size, log_size_l0, out_labels, next_pos, reds, inject)
 
     # ------------------------------------------------------------------ context
     def _context(self, cfg: ReductionConfig | None, q_pos, cache: KVCache, decoding: bool, backend) -> AttnContext:
@@ -430,7 +493,7 @@ class Qwen2_5_VLForRestore(nn.Module):
             distance=dist_on,
             distance_keys=cache.key_visual if dist_on and cfg.distance_scope == "visual_keys" else None,
             c=cfg.distance_c if cfg is not None else 2.0, rope_theta=t.rope_theta, head_dim=t.head_dim,
-            mrope_section=self.config.mrope_section)
+            mrope_section=self.config.mrope_section, mrope_interleaved=self.config.mrope_interleaved)
 
     # ------------------------------------------------------------------ forward
     def forward(self, input_ids, attention_mask=None, images: QwenImages | None = None, labels=None,
@@ -452,7 +515,7 @@ class Qwen2_5_VLForRestore(nn.Module):
         meta.key_valid, meta.key_pos, meta.key_visual = prep.valid, prep.positions, prep.visual
         meta.key_log_size, meta.key_log_size_l0, meta.next_pos = prep.log_size, prep.log_size_l0, prep.next_pos
         ctx = self._context(reduction, prep.positions, meta, decoding=False, backend=attn_backend)
-        h = self.model(prep.embeds, prep.positions, ctx, cache)
+        h = self.model(prep.embeds, prep.positions, ctx, cache, inject=prep.inject)
         logits = self.lm_head(h[:, -1:] if last_logits_only else h)
         loss = None
         if prep.labels is not None:
@@ -543,21 +606,17 @@ def hf_to_ours(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def build_qwen_model(cfg: QwenVLConfig, folder: str, sd: dict[str, torch.Tensor], dtype: torch.dtype):
-    """Our decoder + transformers' vision tower, weights loaded strictly; returns the model."""
-    from transformers.models.qwen2_5_vl.configuration_qwen2_5_vl import Qwen2_5_VLVisionConfig
-    from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VisionTransformerPretrainedModel
-
-    sd = hf_to_ours(sd)
+def load_into(model_cls, visual: nn.Module, cfg: QwenVLConfig, folder: str, sd: dict[str, torch.Tensor],
+              dtype: torch.dtype):
+    """``model_cls(cfg)`` (decoder built on meta) with the hub-layout ``sd`` loaded strictly, the
+    transformers ``visual`` tower included."""
     vis_sd = {k[len("visual."):]: v for k, v in sd.items() if k.startswith("visual.")}
     lm_sd = {k: v for k, v in sd.items() if not k.startswith("visual.")}
-    vcfg = Qwen2_5_VLVisionConfig(**{k: v for k, v in cfg.vision_config.items() if k not in ("model_type",)})
-    visual = Qwen2_5_VisionTransformerPretrainedModel._from_config(vcfg)
     missing, unexpected = visual.load_state_dict(vis_sd, strict=False)
     if missing or unexpected:
         raise CheckpointError(f"{folder}: vision tower weights mismatch: missing {missing[:5]}, unexpected {unexpected[:5]}")
     with torch.device("meta"):
-        model = Qwen2_5_VLForRestore(cfg)
+        model = model_cls(cfg)
     expected = set(model.state_dict())
     if cfg.text.tie_word_embeddings:
         expected.discard("lm_head.weight")
@@ -570,6 +629,16 @@ def build_qwen_model(cfg: QwenVLConfig, folder: str, sd: dict[str, torch.Tensor]
         model.lm_head.weight = model.model.embed_tokens.weight
     model.visual = visual.to(dtype)
     return model
+
+
+def build_qwen_model(cfg: QwenVLConfig, folder: str, sd: dict[str, torch.Tensor], dtype: torch.dtype):
+    """Our decoder + transformers' Qwen2.5-VL vision tower, weights loaded strictly; returns the model."""
+    from transformers.models.qwen2_5_vl.configuration_qwen2_5_vl import Qwen2_5_VLVisionConfig
+    from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VisionTransformerPretrainedModel
+
+    vcfg = Qwen2_5_VLVisionConfig(**{k: v for k, v in cfg.vision_config.items() if k not in ("model_type",)})
+    visual = Qwen2_5_VisionTransformerPretrainedModel._from_config(vcfg)
+    return load_into(Qwen2_5_VLForRestore, visual, cfg, folder, hf_to_ours(sd), dtype)
 
 
 # ------------------------------------------------------------------------------------ evaluation
@@ -607,14 +676,14 @@ def process_qwen_images(imgs, processor, device=None, dtype=None) -> QwenImages:
 
 
 def default_conv_mode(model_path: str | None) -> str:
-    """The eval CLIs' --conv-mode when none is given: ``chat_template`` for a local Qwen2.5-VL folder
-    (recognised by its config fields), else LLaVA-1.5's ``vicuna_v1``."""
+    """The eval CLIs' --conv-mode when none is given: ``chat_template`` for a local Qwen2.5-VL or Qwen3-VL
+    folder (recognised by its config fields), else LLaVA-1.5's ``vicuna_v1``."""
     import json
     import os
 
     conf = os.path.join(os.path.expanduser(model_path or ""), "config.json")
     if os.path.isfile(conf):
         with open(conf) as f:
-            if is_qwen2_5_vl_config(json.load(f)):
+            if json.load(f).get("model_type") in QWEN_MODEL_TYPES:
                 return CHAT_TEMPLATE
     return "vicuna_v1"

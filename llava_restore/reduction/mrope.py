@@ -20,12 +20,22 @@ from .positions import representative_positions
 from .types import ReductionResult
 
 
-def section_axes(section, head_dim: int, device=None) -> torch.Tensor:
-    """(head_dim/2,) long: the axis (0 t, 1 h, 2 w) of every rotary frequency."""
+def section_axes(section, head_dim: int, device=None, interleaved: bool = False) -> torch.Tensor:
+    """(head_dim/2,) long: the axis (0 t, 1 h, 2 w) of every rotary frequency.
+
+    Contiguous (Qwen2-VL, Qwen2.5-VL): the first s_t frequencies are t, the next s_h h, the last s_w w.
+    Interleaved (Qwen3-VL): frequency k is h for k = 1, 4, ... < 3 s_h, w for k = 2, 5, ... < 3 s_w,
+    t otherwise."""
     section = [int(s) for s in section]
-    if len(section) != 3 or sum(section) * 2 != head_dim or min(section) < 0:
-        raise ValueError(f"mrope_section={section} must be 3 non-negative sizes summing to head_dim/2={head_dim // 2}")
-    return torch.repeat_interleave(torch.arange(3, device=device), torch.tensor(section, device=device))
+    K = head_dim // 2
+    if len(section) != 3 or sum(section) != K or head_dim % 2 or min(section) < 0:
+        raise ValueError(f"mrope_section={section} must be 3 non-negative sizes summing to head_dim/2={K}")
+    if not interleaved:
+        return torch.repeat_interleave(torch.arange(3, device=device), torch.tensor(section, device=device))
+    axes = torch.zeros(K, dtype=torch.long, device=device)
+    axes[1:3 * section[1]:3] = 1
+    axes[2:3 * section[2]:3] = 2
+    return axes
 
 
 def _theta(rope_theta: float, head_dim: int, device) -> torch.Tensor:
@@ -37,12 +47,12 @@ def _theta(rope_theta: float, head_dim: int, device) -> torch.Tensor:
     return torch.tensor(float(rope_theta), dtype=torch.float64, device=device) ** (-2.0 * k / head_dim)
 
 
-def mrope_decay(d3: torch.Tensor, rope_theta: float, head_dim: int, section) -> torch.Tensor:
+def mrope_decay(d3: torch.Tensor, rope_theta: float, head_dim: int, section, interleaved: bool = False) -> torch.Tensor:
     """D(Δ) elementwise in float64: d3 (..., 3) -> (...)."""
     if d3.shape[-1] != 3:
         raise ValueError(f"M-RoPE distances must end in 3 axes (t, h, w), got shape {tuple(d3.shape)}")
     theta = _theta(rope_theta, head_dim, d3.device)  # (K,)
-    axes = section_axes(section, head_dim, d3.device)  # (K,)
+    axes = section_axes(section, head_dim, d3.device, interleaved)  # (K,)
     flat = d3.reshape(-1, 3).to(torch.float64)  # (M, 3)
     out = torch.empty(flat.shape[0], dtype=torch.float64, device=d3.device)
     for start in range(0, flat.shape[0], CHUNK):
@@ -51,33 +61,35 @@ def mrope_decay(d3: torch.Tensor, rope_theta: float, head_dim: int, section) -> 
     return out.view(d3.shape[:-1])
 
 
-def mrope_distance_bias(d3, rope_theta: float, head_dim: int, section, c: float = 2.0) -> torch.Tensor:
+def mrope_distance_bias(d3, rope_theta: float, head_dim: int, section, c: float = 2.0,
+                        interleaved: bool = False) -> torch.Tensor:
     """log(c - D(Δ)): d3 (..., 3) -> (...), in d3's float dtype (float32 for integers), as distance_bias."""
     if c <= 1.0:
         raise ValueError(f"M-RoPE distance: c={c} must be > 1")
     d3 = torch.as_tensor(d3)
     out_dtype = d3.dtype if d3.is_floating_point() else torch.get_default_dtype()
-    return torch.log(c - mrope_decay(d3, rope_theta, head_dim, section)).to(out_dtype)
+    return torch.log(c - mrope_decay(d3, rope_theta, head_dim, section, interleaved)).to(out_dtype)
 
 
-def mrope_axis_tables(lo: int, hi: int, rope_theta: float, head_dim: int, section, device=None) -> torch.Tensor:
+def mrope_axis_tables(lo: int, hi: int, rope_theta: float, head_dim: int, section, device=None,
+                      interleaved: bool = False) -> torch.Tensor:
     """(3, hi - lo + 1) float64: T_a[δ - lo] = (1/K) Σ_{k in section a} cos(δ θ_k), δ in [lo, hi]."""
     theta = _theta(rope_theta, head_dim, device)
-    axes = section_axes(section, head_dim, device)
+    axes = section_axes(section, head_dim, device, interleaved)
     d = torch.arange(lo, hi + 1, dtype=torch.float64, device=device)
     cos = torch.cos(d[:, None] * theta[None]) / theta.numel()  # (R, K)
     return torch.stack([cos[:, axes == a].sum(-1) for a in range(3)])  # (3, R)
 
 
 def mrope_dense_bias(qpos: torch.Tensor, kpos: torch.Tensor, rope_theta: float, head_dim: int, section,
-                     c: float = 2.0) -> torch.Tensor:
+                     c: float = 2.0, interleaved: bool = False) -> torch.Tensor:
     """qpos (B, Lq, 3), kpos (B, Lk, 3) -> (B, Lq, Lk) float32 log(c - D(q - k)); per-axis tables for
     integer positions, the direct formula otherwise (position_rep=mean)."""
     d = qpos[:, :, None, :].double() - kpos[:, None, :, :].double()  # (B, Lq, Lk, 3)
     if not bool(torch.all(d == d.round())):
-        return mrope_distance_bias(d, rope_theta, head_dim, section, c).float()
+        return mrope_distance_bias(d, rope_theta, head_dim, section, c, interleaved).float()
     lo, hi = int(d.min()), int(d.max())
-    tables = mrope_axis_tables(lo, hi, rope_theta, head_dim, section, d.device)  # (3, R)
+    tables = mrope_axis_tables(lo, hi, rope_theta, head_dim, section, d.device, interleaved)  # (3, R)
     idx = (d - lo).long()
     decay = tables[0][idx[..., 0]] + tables[1][idx[..., 1]] + tables[2][idx[..., 2]]
     return torch.log(c - decay).float()

@@ -1,7 +1,7 @@
 """Write a random tiny LLaVA checkpoint with a locally built tokenizer (no hub).
 
     python -m llava_restore.tools.make_tiny OUT --format liuhaotian|hf [--seed 0]
-    python -m llava_restore.tools.make_tiny OUT --family qwen2_5_vl [--seed 0]   (tools/tiny_qwen.py)
+    python -m llava_restore.tools.make_tiny OUT --family qwen2_5_vl|qwen3_vl [--seed 0]   (tools/tiny_qwen.py)
 
 The tower is saved in the ``vision_model.``-prefixed layout transformers 4.3x also reads
 (liuhaotian: ``OUT/vision_tower`` by ``checkpoint.save_vision_tower``; hf: ``vision_tower.vision_model.*``).
@@ -72,14 +72,14 @@ def main(argv=None):
     ap.add_argument("out")
     ap.add_argument("--format", choices=["liuhaotian", "hf"], default="liuhaotian")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--family", choices=["llava", "qwen2_5_vl"], default="llava",
-                    help="qwen2_5_vl: a transformers Qwen2.5-VL folder (--format does not apply)")
+    ap.add_argument("--family", choices=["llava", "qwen2_5_vl", "qwen3_vl"], default="llava",
+                    help="qwen2_5_vl / qwen3_vl: a transformers Qwen2.5-VL / Qwen3-VL folder (--format does not apply)")
     args = ap.parse_args(argv)
-    if args.family == "qwen2_5_vl":
+    if args.family != "llava":
         from llava_restore.tools.tiny_qwen import save_tiny_qwen
 
-        save_tiny_qwen(args.out, seed=args.seed)
-        print(f"wrote tiny qwen2_5_vl checkpoint to {args.out}")
+        save_tiny_qwen(args.out, seed=args.seed, family=args.family)
+        print(f"wrote tiny {args.family} checkpoint to {args.out}")
         return
     tok, model, proc = build_tiny(seed=args.seed)
     save_pretrained(model, args.out, tokenizer=tok, image_processor=proc, fmt=args.format)

@@ -102,14 +102,42 @@ def tiny_qwen_config(spec: TinyQwenSpec, tok: PreTrainedTokenizerFast):
                             vision_end_token_id=ids["<|vision_end|>"], tie_word_embeddings=False)
 
 
-def build_tiny_qwen(spec: TinyQwenSpec = TinyQwenSpec(), seed: int = 0, init_std: float = 0.02):
-    """(tokenizer, transformers Qwen2_5_VLForConditionalGeneration, image processor), random:
-    every matrix ~ N(0, init_std) (embeddings N(0, 1)); 1-D weights keep transformers' init."""
-    from transformers import Qwen2_5_VLForConditionalGeneration
+def tiny_qwen3_config(spec: TinyQwenSpec, tok: PreTrainedTokenizerFast):
+    """Qwen3-VL at the same sizes: interleaved M-RoPE, q/k norms, DeepStack from every vision block but
+    the last, a learned 8 x 8 position grid (``spec.mrope_section`` read as Qwen3's (t, h, w) sizes)."""
+    from transformers import Qwen3VLConfig
 
+    base = tiny_qwen_config(spec, tok).to_dict()
+    text = {k: base["text_config"][k] for k in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                                                 "num_attention_heads", "num_key_value_heads", "rms_norm_eps",
+                                                 "max_position_embeddings", "bos_token_id", "eos_token_id",
+                                                 "pad_token_id")}
+    text.update(head_dim=spec.hidden // spec.heads,
+                rope_parameters={"rope_type": "default", "rope_theta": spec.rope_theta,
+                                 "mrope_section": list(spec.mrope_section), "mrope_interleaved": True})
+    vision = dict(depth=spec.vision_depth, hidden_size=spec.vision_hidden, intermediate_size=2 * spec.vision_hidden,
+                  num_heads=spec.vision_heads, patch_size=spec.patch_size, spatial_merge_size=spec.merge_size,
+                  temporal_patch_size=spec.temporal_patch_size, out_hidden_size=spec.hidden,
+                  num_position_embeddings=64, deepstack_visual_indexes=list(range(spec.vision_depth - 1)))
+    return Qwen3VLConfig(text_config=text, vision_config=vision, image_token_id=base["image_token_id"],
+                         video_token_id=base["video_token_id"], vision_start_token_id=base["vision_start_token_id"],
+                         vision_end_token_id=base["vision_end_token_id"], tie_word_embeddings=False)
+
+
+def build_tiny_qwen(spec: TinyQwenSpec = TinyQwenSpec(), seed: int = 0, init_std: float = 0.02,
+                    family: str = "qwen2_5_vl"):
+    """(tokenizer, transformers Qwen2_5_VL- (or Qwen3VL-) ForConditionalGeneration, image processor),
+    random: every matrix ~ N(0, init_std) (embeddings N(0, 1)); 1-D weights keep transformers' init."""
+    from transformers import Qwen2_5_VLForConditionalGeneration, Qwen3VLForConditionalGeneration
+
+    if family not in ("qwen2_5_vl", "qwen3_vl"):
+        raise ValueError(f"unknown tiny Qwen family {family!r}; known: qwen2_5_vl, qwen3_vl")
     torch.manual_seed(seed)
     tok = build_qwen_tokenizer(spec.vocab_size)
-    model = Qwen2_5_VLForConditionalGeneration(tiny_qwen_config(spec, tok))
+    if family == "qwen3_vl":
+        model = Qwen3VLForConditionalGeneration(tiny_qwen3_config(spec, tok))
+    else:
+        model = Qwen2_5_VLForConditionalGeneration(tiny_qwen_config(spec, tok))
     with torch.no_grad():
         for name, p in model.named_parameters():
             if p.dim() > 1:
@@ -117,8 +145,9 @@ def build_tiny_qwen(spec: TinyQwenSpec = TinyQwenSpec(), seed: int = 0, init_std
     return tok, model.eval(), image_processor_for(spec)
 
 
-def save_tiny_qwen(out: str, seed: int = 0, spec: TinyQwenSpec = TinyQwenSpec(), init_std: float = 0.02):
-    tok, model, proc = build_tiny_qwen(spec, seed, init_std)
+def save_tiny_qwen(out: str, seed: int = 0, spec: TinyQwenSpec = TinyQwenSpec(), init_std: float = 0.02,
+                   family: str = "qwen2_5_vl"):
+    tok, model, proc = build_tiny_qwen(spec, seed, init_std, family)
     os.makedirs(out, exist_ok=True)
     model.save_pretrained(out)
     tok.save_pretrained(out)
