@@ -40,6 +40,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8])
     ap.add_argument("--passes", type=int, default=1, help="timed passes over the questions per batch size")
     ap.add_argument("--slowest", type=int, default=0, help="print the K slowest prefill calls of each pass")
+    ap.add_argument("--json", default=None, help="also write the rows (batch, samples/s, prefill and generate ms/sample) here")
     add_model_args(ap, default_model_path=str(REPO / PLAYGROUND_MODEL))
     add_decoding_args(ap)
     args = ap.parse_args(argv)
@@ -94,7 +95,11 @@ def main(argv=None) -> dict:
         n_diff = sum(a != b for a, b in zip(got, ref)) + abs(len(got) - len(ref))
         same = "yes" if n_diff == 0 else f"NO ({n_diff}/{len(ref)} differ)"
         print(f"{bs:>5} {sps:>10.2f} {pre:>13.1f} {gen:>14.1f} {sps / base:>7.2f}x {same:>13}")
-    return {"rows": rows, "ratio": rows[-1][1] / base}
+    result = {"device": str(bundle.device), "dtype": str(bundle.dtype), "model": args.model_path, "rows": rows,
+              "ratio": rows[-1][1] / base}
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1), encoding="utf-8")
+    return result
 
 
 if __name__ == "__main__":
