@@ -2,13 +2,20 @@
 (text raters, scores, the keep counts, DPC-kNN recycling), then the decoder integration."""
 from __future__ import annotations
 
+import functools
 import math
 
 import pytest
 import torch
 
+from helpers import assert_distinguishes, make_batch, one_thread, randomize_vectors  # noqa: F401
+from llava_restore.model.attention import AttnContext
+from llava_restore.model.llama import rope_cos_sin
+from llava_restore.reduction import make_reduction_config
+from llava_restore.reduction.inllm import DropEvent, LayerView
 from llava_restore.reduction.sparsevlm import (
     SPARSEVLM_SCHEDULES,
+    SparseVLM,
     dpc_knn_clusters,
     fixed_keep_count,
     keep_mask,
@@ -19,6 +26,8 @@ from llava_restore.reduction.sparsevlm import (
     sparsevlm_recycle,
     sparsevlm_scores,
 )
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ----------------------------------------------------------------------------- text raters
@@ -151,14 +160,6 @@ def test_layers_schedule_and_plan():
 
 
 # ============================================================================ in the decoder
-import functools  # noqa: E402
-
-from helpers import assert_distinguishes, make_batch, one_thread, randomize_vectors  # noqa: E402,F401
-from llava_restore.model.attention import AttnContext  # noqa: E402
-from llava_restore.model.llama import rope_cos_sin  # noqa: E402
-from llava_restore.reduction import make_reduction_config  # noqa: E402
-from llava_restore.reduction.inllm import DropEvent, LayerView  # noqa: E402
-from llava_restore.reduction.sparsevlm import SparseVLM  # noqa: E402
 
 LAYERS = 4
 N = 576
