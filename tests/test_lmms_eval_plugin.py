@@ -13,6 +13,7 @@ those answers.
 """
 from __future__ import annotations
 
+import ast
 import importlib.util
 import json
 import math
@@ -219,20 +220,35 @@ else:
     def test_every_reduction_field_is_a_model_arg(tiny_model):
         from dataclasses import fields
 
+        import yaml
+        from lmms_eval.utils import simple_parse_args_string
+
         from llava_restore.integrations.lmms_eval import parse_model_args
         from llava_restore.reduction.config import ReductionConfig, make_reduction_config
 
+        # a valid value for every field that differs from its default, as lmms-eval's parser hands it over
+        special = {"method": "divprune", "anchor_rule": "bipartite", "distance_c": "3.0"}
         base = make_reduction_config()
         for f in fields(ReductionConfig):
-            value = getattr(base, f.name)
-            if f.name == "method":
-                value = "divprune"
-            elif isinstance(value, bool):
-                value = not value
-            elif f.name in ("n_vis", "keep_ratio") or value is None:
-                continue  # exclusive / preset-dependent: covered by the n_vis runs and the resolve() below
-            parsed = parse_model_args({"pretrained": str(tiny_model), "method": "divprune", f.name: value})
-            assert getattr(parsed.settings.reduction, f.name) == value, f.name
+            default, kind = getattr(base, f.name), str(f.type)
+            if f.name in special:
+                text = special[f.name]
+            elif "bool" in kind:
+                text = str(not default) if default is not None else "True"
+            elif "List[int]" in kind:
+                text = "[1,3]"
+            elif "int" in kind:
+                text = str(default + 1) if default is not None else "32"
+            elif "float" in kind:
+                text = str(default / 2) if default is not None else "0.5"
+            else:  # a choice: the validation error lists the allowed values
+                with pytest.raises(ValueError, match="is not one of") as info:
+                    make_reduction_config({f.name: "__not_a_choice__"})
+                allowed = ast.literal_eval(str(info.value).split("is not one of", 1)[1].strip())
+                text = next(v for v in allowed if v != default)
+            args = simple_parse_args_string(f"pretrained={tiny_model},method=divprune,{f.name}={text}")
+            got, want = getattr(parse_model_args(args).settings.reduction, f.name), yaml.safe_load(text)
+            assert got == want != default, (f.name, got, want, default)
         parsed = parse_model_args({"pretrained": str(tiny_model), "reduction": "divprune", "n_vis": 64,
                                    "restore": True})
         assert parsed.settings.reduction == make_reduction_config(method="divprune", n_vis=64, restore=True).resolve()

@@ -27,6 +27,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
+import yaml
 from lmms_eval.api.instance import Instance
 from lmms_eval.api.model import lmms
 from tqdm import tqdm
@@ -102,6 +103,21 @@ def _first_line(err: Exception) -> str:
     return str(err).strip().splitlines()[0]
 
 
+def _decode(key: str, value):
+    """lmms-eval passes every value it cannot read as a bool or a number as a string: ``None``
+    (an optional field left to its preset) and ``[2,8,16]`` (a list field) are read here."""
+    if not isinstance(value, str) or key == "method":
+        return value
+    if value in ("None", "null"):
+        return None
+    if value.startswith("["):
+        try:
+            return yaml.safe_load(value)
+        except yaml.YAMLError as err:
+            raise ModelArgsError(f"{key}={value!r} is not a list: {_first_line(err)}") from None
+    return value
+
+
 def reduction_from_args(red: Dict[str, object]) -> Optional[ReductionConfig]:
     """The resolved ReductionConfig of the reduction model_args (None: none given, plain LLaVA)."""
     for alias, name in REDUCTION_ALIAS.items():
@@ -109,6 +125,7 @@ def reduction_from_args(red: Dict[str, object]) -> Optional[ReductionConfig]:
             if name in red and red[name] != red[alias]:
                 raise ModelArgsError(f"{alias}={red[alias]!r} and {name}={red[name]!r} disagree ({alias} is {name})")
             red[name] = red.pop(alias)
+    red = {k: _decode(k, v) for k, v in red.items()}
     if not red or red == {"method": "none"}:
         return None
     for key, value in red.items():  # one at a time, so that the error names the key
