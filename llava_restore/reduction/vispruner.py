@@ -37,28 +37,21 @@ def vispruner_select(
     n_div = k - n_imp
     order = argsort_desc(cls_attn.float())  # (B, N)
     important, residual = order[:, :n_imp], order[:, n_imp:]  # (B, n_imp), (B, R)
-    sim = cosine_matrix(x.detach())  # (B, N, N), once (indices only: no graph)
-    rows_of = sim.view(B * N, N)  # row b * N + t = similarities of token t of sample b
-    offset = (torch.arange(B, device=x.device) * N).unsqueeze(1)  # (B, 1)
-    # the loop's shapes depend on N, k and drop_per_step only: no host sync, no data-dependent size
-    n_a0, n_b0 = (residual.shape[1] + 1) // 2, residual.shape[1] // 2
-    row_buf = sim.new_empty(B * n_a0 * N)  # reused by every round (no per-round allocation)
-    pair_buf = sim.new_empty(B * n_a0 * n_b0)
-    while residual.shape[1] > n_div:
-        R = residual.shape[1]
+    sim = cosine_matrix(x.detach()).view(B, N * N)  # (B, N*N) once; [a * N + b] = cos(x_a, x_b) (indices only)
+    # the loop's shapes depend on N, k and drop_per_step only: no host sync, no data-dependent size;
+    # few tensor calls per round (on a CPU their dispatch cost is most of a round's time)
+    R = residual.shape[1]
+    while R > n_div:
         a_idx, b_idx = residual[:, 0::2], residual[:, 1::2]  # (B, ceil(R/2)), (B, floor(R/2))
-        n_a, n_b = a_idx.shape[1], b_idx.shape[1]
+        n_a, n_b = (R + 1) // 2, R // 2
         r = min(drop_per_step, R - n_div, n_a)
         if r == n_a:  # every A token goes; no need to score
-            residual = b_idx
+            residual, R = b_idx, n_b
             continue
-        rows = torch.index_select(rows_of, 0, (a_idx + offset).view(-1),
-                                  out=row_buf[: B * n_a * N].view(B * n_a, N)).view(B, n_a, N)
-        pairs = torch.gather(rows, 2, b_idx.unsqueeze(1).expand(B, n_a, n_b),
-                             out=pair_buf[: B * n_a * n_b].view(B, n_a, n_b))  # (B, |A|, |B|)
-        scores = pairs.amax(dim=-1)  # (B, |A|) exact: a max of the same similarities
+        pair = torch.add(b_idx.unsqueeze(1), a_idx.unsqueeze(2), alpha=N).view(B, n_a * n_b)  # flat [a, b]
+        scores = sim.gather(1, pair).view(B, n_a, n_b).amax(dim=-1)  # (B, |A|): max cosine to B, exact
         survivors = argsort_desc(scores)[:, r:]  # (B, |A| - r)
-        residual = torch.cat([a_idx.gather(1, survivors), b_idx], dim=1)
+        residual, R = torch.cat([a_idx.gather(1, survivors), b_idx], dim=1), R - r
     return torch.cat([important, residual], dim=1)
 
 
