@@ -5,7 +5,7 @@
 #   bash scripts/v1_5/eval/pope.sh [eval.run flags, e.g. --reduction divprune --n-vis 64 --restore]
 #
 # Environment (LLaVA's defaults):
-#   MODEL_PATH    checkpoint folder                          (liuhaotian/llava-v1.5-7b)
+#   MODEL_PATH    checkpoint folder, LLaVA-1.5 or Qwen2.5-VL  (liuhaotian/llava-v1.5-7b); MODEL is an alias
 #   CKPT          model name in the run folder               (basename of MODEL_PATH)
 #   DATA_ROOT     LLaVA's eval data layout                   (./playground/data/eval)
 #   OUTPUT_ROOT   root of the run folders                    (./runs/eval)
@@ -31,7 +31,7 @@ run_benchmark() {
     local bench="$1"
     shift
     local py="${PYTHON:-python}"
-    local model_path="${MODEL_PATH:-liuhaotian/llava-v1.5-7b}"
+    local model_path="${MODEL_PATH:-${MODEL:-liuhaotian/llava-v1.5-7b}}"
     local -a common=(--benchmark "$bench" --model-path "$model_path" --ckpt "${CKPT:-$(basename "$model_path")}"
                      --data-root "${DATA_ROOT:-./playground/data/eval}" --output-root "${OUTPUT_ROOT:-./runs/eval}")
     local -a gpus
