@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from helpers import one_thread  # noqa: F401
-from llava_restore.reduction.anchors import anchor_merge
+from llava_restore.reduction.anchors import ANCHOR_RULES, anchor_merge
 from llava_restore.reduction.common import argsort_desc, cosine_matrix, floor_fraction, normalize, topk_desc
 from llava_restore.reduction.divprune import divprune_select
 from llava_restore.reduction.vispruner import vispruner_select
@@ -260,7 +260,9 @@ def test_selections_never_read_values_on_the_host():
     cls = torch.empty(B, N, device="meta")
     assert divprune_select(x, 64).shape == (B, 64)
     assert vispruner_select(x, cls, 64).shape == (B, 64)
-    anchors, assignment = anchor_merge(x[:, :544], 32, "reference")
-    assert anchors.shape == (B, 32) and assignment.shape == (B, 544)
+    token_index = torch.empty(B, 544, dtype=torch.long, device="meta")
+    for rule in ANCHOR_RULES:  # every Stage-B rule
+        anchors, assignment = anchor_merge(x[:, :544], 32, rule, token_index=token_index)
+        assert anchors.shape == (B, 32) and assignment.shape == (B, 544), rule
     with pytest.raises((RuntimeError, NotImplementedError)):  # the probe can fail: a host read does
         bool(x.sum() > 0)
