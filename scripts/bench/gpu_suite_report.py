@@ -114,6 +114,10 @@ def main(argv=None) -> str:
     if short_shape:
         md.append(f"| 2b. the same at L={best[short_shape][2]} ({best[short_shape][0]}) | {best[short_shape][1]:.3f} "
                   f"| (reported) | |")
+    for r in (att["rows"] if att else []):  # the default backend (sdpa, PyTorch's kernel choice) as users run it
+        if r.get("sdpa[auto]") is not None and "7B" in r["shape"]:
+            md.append(f"| 2c. default backend sdpa[auto] + bias / plain at L={r['L']} | "
+                      f"{(r['sdpa[auto]'] + r['bias']) / r['plain']:.3f} | (reported) | |")
     line("3. prefill speed-up vs full / FLOP limit at 64 tokens, worst"
          + (f": {share64['name']} ({share64['speedup']:.2f}x of {share64['flop_speedup_limit']:.2f}x)" if share64 else ""),
          share64["speedup"] / share64["flop_speedup_limit"] if share64 else None,
