@@ -8,7 +8,8 @@
 #      llava-7b random weights, bf16);  2. the attention bench at 7B heads for L = 139 and 651, bf16, per
 #      SDPA kernel, flex, and the size term folded into q/k (scripts/bench/attention.py);  3. throughput at
 #      bs = 1 / 8 / 16 (scripts/bench/throughput.py, 7B random weights; and the real eval core on the
-#      playground model when its question set is there or builds in time).
+#      playground model when its question set is there or builds in time);  4. the selection fast paths
+#      against the previous code, side by side (scripts/bench/selection_fastpath.py).
 # CPU fallback: the same sections on the playground model (the CPU targets: process clock, one
 #      thread), the attention bench at 7B heads in fp32, the playground's throughput; titled a CPU run.
 # Writes $OUT/gpu_suite.md (and the raw json / md / log beside it).
@@ -35,6 +36,7 @@ T0=$SECONDS
         --kernels auto no-cudnn efficient cudnn --repeats 50 --json "$OUT/attention.json"
     run $PY scripts/bench/throughput.py --device cuda --dtype bfloat16 --batch-sizes 1 8 16 --n 32 \
         --new-tokens 16 --json "$OUT/throughput.json"
+    run $PY scripts/bench/selection_fastpath.py --device cuda --batch-sizes 1 8 --repeats 20 --json "$OUT/selection.json"
     GQA=playground/data/eval/gqa/llava_gqa_testdev_balanced.jsonl
     if [ -f "$GQA" ] || timeout 150 $PY -m llava_restore.playground build > "$OUT/playground_build.log" 2>&1; then
       run $PY scripts/bench/eval_throughput.py --device cuda --n 128 --batch-sizes 1 8 16 --json "$OUT/eval_throughput.json"
@@ -51,6 +53,8 @@ T0=$SECONDS
         --threads 1 --json "$OUT/attention.json"
     run $PY scripts/bench/throughput.py --model-path playground/cache/llava-playground --batch-sizes 1 8 16 --n 32 \
         --new-tokens 8 --threads 1 --json "$OUT/throughput.json"
+    run $PY scripts/bench/selection_fastpath.py --device cpu --threads 1 --dim 128 --vis-dim 64 --batch-sizes 1 8 \
+        --repeats 20 --json "$OUT/selection.json"
   fi
   echo; echo "suite: $((SECONDS - T0)) s"
 } | tee "$OUT/gpu_suite.log"

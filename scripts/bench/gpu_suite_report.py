@@ -163,6 +163,13 @@ def main(argv=None) -> str:
         md += ["", f"Real eval core (scripts/bench/eval_throughput.py), {ev['model']}:", "",
                "| batch | samples/s | prefill ms/sample | generate ms/sample |", "|---|---|---|---|"]
         md += [f"| {b} | {s:.2f} | {p:.1f} | {g:.1f} |" for b, s, p, g in ev["rows"]]
+    sel = _load(out / "selection.json")
+    if sel:
+        md += ["", f"## Selections: previous vs current code (scripts/bench/selection_fastpath.py, {sel['device']}, "
+               f"D={sel['dim']}, Dv={sel['vis_dim']})", "", "| B | job | previous ms | current ms | speed-up |",
+               "|---|---|---|---|---|"]
+        md += [f"| {r['B']} | {r['job']} | {r['previous_ms']:.2f} | {r['current_ms']:.2f} | "
+               f"{r['previous_ms'] / r['current_ms']:.2f}x |" for r in sel["rows"]]
     text = "\n".join(md) + "\n"
     (out / "gpu_suite.md").write_text(text, encoding="utf-8")
     print(text)
