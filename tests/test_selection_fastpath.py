@@ -1,8 +1,9 @@
 """The batched, sync-free selections (issue 20) choose exactly the tokens the previous code chose.
 
 ``prev_*`` below are the implementations of DivPrune, VisPruner and the density-peaks anchor rules
-as they stood before the fast paths (last changed in 7d3431e), copied unchanged; the tests compare the
-library against them on 60 seeds, several B / N / k, and inputs full of exact ties (duplicated
+as they stood before the fast paths (last changed in 7d3431e), copied with only one added argument
+(the tie rule, for the perturbed variants; anchor_merge trimmed to those two rules); the tests
+compare the library against them on 60 seeds, several B / N / k, and inputs full of exact ties (duplicated
 tokens, constant features, constant CLS attention, a few distinct feature values, zero vectors).
 Each tie set is paired with a variant of the previous code that breaks ties towards the highest
 index instead, which must disagree somewhere: the ties really are exercised.  The meta-device
