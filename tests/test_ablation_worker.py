@@ -45,20 +45,20 @@ def setup(tmp_path_factory):
 
 
 def answers(out: Path, grid: Path) -> dict:
-    tasks = make_tasks(load_grid(grid).runs, ["gqa", "pope"], out)
+    tasks = make_tasks(load_grid(grid).runs, ["pope"], out)
     return {t.folder.name + "/" + t.benchmark: (t.folder / "answers.jsonl").read_bytes() for t in tasks}
 
 
 def test_workers_equal_one_process_per_run(setup, tmp_path):
     _, _, grid = setup
-    common = [str(grid), "--benchmarks", "gqa,pope", "--parallel", "2"]
+    common = [str(grid), "--benchmarks", "pope", "--parallel", "2"]
     assert ablate.main(common + ["--out", str(tmp_path / "workers")]) == 0
     assert ablate.main(common + ["--out", str(tmp_path / "isolated"), "--isolate"]) == 0
     a, b = answers(tmp_path / "workers", grid), answers(tmp_path / "isolated", grid)
-    assert len(a) == 2 * 5 and a == b
-    assert len(set(a.values())) > 3  # the runs answer differently: equality is not vacuous
+    assert len(a) == 5 and a == b
+    assert len(set(a.values())) > 2  # the runs answer differently: equality is not vacuous
     logs = sorted((tmp_path / "workers" / "grids" / "w" / "logs").glob("*.log"))
-    assert len(logs) == 10 and all("result.json" in p.read_text() for p in logs)
+    assert len(logs) == 5 and all("result.json" in p.read_text() for p in logs)
 
 
 def test_failing_run_is_logged_and_the_rest_finish(setup, tmp_path):
