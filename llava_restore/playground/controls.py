@@ -23,6 +23,7 @@ from typing import Dict, List
 from PIL import Image
 
 from llava_restore.eval import run as eval_run
+from llava_restore.eval.generate import BundleCache
 from llava_restore.eval.eval_pope import binary_metrics
 from llava_restore.playground.benchmarks import pope
 
@@ -90,11 +91,14 @@ BLANK_SETS = {  # benchmark -> its image folder under the eval data root
 }
 
 
-def blank_run(bench: str, data_root: Path, out: Path, model_path: str, batch_size: int) -> dict:
+def blank_run(bench: str, data_root: Path, out: Path, model_path: str, batch_size: int,
+              bundles: BundleCache | None = None) -> dict:
+    """eval.run on the blank copies; the vision cache runs the tower once per distinct blank image."""
     folder = blank_folder(data_root / BLANK_SETS[bench], out / "blank_images" / bench)
     res = eval_run.main(["--benchmark", bench, "--model-path", model_path, "--data-root", str(data_root),
                          "--image-folder", str(folder), "--output-root", str(out / "eval"),
-                         "--batch-size", str(batch_size), "--temperature", "0"])
+                         "--batch-size", str(batch_size), "--temperature", "0", "--vision-cache", "64"],
+                        bundles=bundles)
     return res["metrics"]
 
 
@@ -109,7 +113,8 @@ def main(argv=None) -> dict:
     data_root, out = Path(args.data_root), Path(args.out)
     res = {"args": vars(args), "prior": {"gqa": gqa_prior(data_root), "pope": pope_prior(data_root)}}
     if not args.no_blank:
-        res["blank"] = {b: blank_run(b, data_root, out, args.model_path, args.batch_size) for b in BLANK_SETS}
+        bundles = BundleCache()  # one model load for both sets
+        res["blank"] = {b: blank_run(b, data_root, out, args.model_path, args.batch_size, bundles) for b in BLANK_SETS}
     out.mkdir(parents=True, exist_ok=True)
     (out / "controls.json").write_text(json.dumps(res, indent=2) + "\n")
     print(summary(res))
