@@ -21,6 +21,7 @@ from llava_restore.reduction.types import ReductionResult
 
 from .attention import AttnContext
 from .config import LlavaConfig
+from .decoding import decode
 from .llama import KVCache, LlamaDecoder
 from .vision import CLIPVisionTower, VisionCache, VisionOutput, build_projector
 
@@ -322,53 +323,17 @@ class LlavaLlamaForCausalLM(nn.Module):
             raise ValueError(f"num_beams={num_beams} is not supported (LLaVA-1.5 evaluation uses num_beams=1)")
         eos = self.config.text.eos_token_id if eos_token_id is None else eos_token_id
         pad = (pad_token_id if pad_token_id is not None else eos) or 0
-        B = input_ids.shape[0]
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids, dtype=torch.bool)
-        dev = input_ids.device
-        done = torch.zeros(B, dtype=torch.bool, device=dev)
-        tokens = torch.full((B, max(max_new_tokens, 0)), pad, dtype=torch.long, device=dev)
-        active = torch.arange(B, device=dev)  # rows of the full batch still decoding (cached path)
-        n_steps = 0
-        ids, mask = input_ids, attention_mask.bool()
-        out = self(ids, mask, images, reduction=reduction, use_cache=use_cache, padding_side="left",
+        mask = attention_mask.bool()
+        out = self(input_ids, mask, images, reduction=reduction, use_cache=use_cache, padding_side="left",
                    attn_backend=attn_backend, last_logits_only=True, vision_cache=vision_cache)
         prepared = out.prepared
-        for step in range(max_new_tokens):
-            nxt = self._pick(out.logits[:, -1].float(), do_sample, temperature, top_p, generator)  # (A,)
-            n_steps = step + 1
-            if use_cache:
-                tokens[active, step] = nxt
-                finished = nxt == eos
-                if bool(finished.all()) or step == max_new_tokens - 1:
-                    break
-                if bool(finished.any()):  # drop finished rows: the batch shrinks instead of padding on
-                    keep = (~finished).nonzero(as_tuple=True)[0]
-                    out.cache.select_rows(keep)
-                    active, nxt = active[keep], nxt[keep]
-                out = self(nxt[:, None], reduction=reduction, cache=out.cache, attn_backend=attn_backend)
-            else:
-                nxt = torch.where(done, torch.full_like(nxt, pad), nxt)
-                tokens[:, step] = nxt
-                done = done | (nxt == eos)
-                if bool(done.all()) or step == max_new_tokens - 1:
-                    break
-                ids = torch.cat([ids, nxt[:, None]], 1)
-                mask = torch.cat([mask, torch.ones(B, 1, dtype=torch.bool, device=mask.device)], 1)
-                out = self(ids, mask, images, reduction=reduction, padding_side="left", attn_backend=attn_backend,
-                           last_logits_only=True, vision_cache=vision_cache)
-        tokens = tokens[:, :n_steps]
+        tokens = decode(
+            out, input_ids, mask, max_new_tokens, eos, pad, use_cache,
+            step_cached=lambda nxt, cache: self(nxt, reduction=reduction, cache=cache, attn_backend=attn_backend),
+            step_full=lambda ids, m, step: self(ids, m, images, reduction=reduction, padding_side="left",
+                                                attn_backend=attn_backend, last_logits_only=True,
+                                                vision_cache=vision_cache),
+            do_sample=do_sample, temperature=temperature, top_p=top_p, generator=generator)
         return (tokens, prepared) if return_prepared else tokens
-
-    @staticmethod
-    def _pick(logits, do_sample, temperature, top_p, generator):  # (B, V) -> (B,)
-        if not do_sample or temperature == 0:
-            return logits.argmax(-1)
-        probs = torch.softmax(logits / temperature, -1)
-        if top_p is not None and top_p < 1.0:
-            sp, si = probs.sort(-1, descending=True)
-            keep = sp.cumsum(-1) - sp < top_p  # always keeps the top token
-            sp = sp * keep
-            probs = torch.zeros_like(probs).scatter(-1, si, sp)
-            probs = probs / probs.sum(-1, keepdim=True)
-        return torch.multinomial(probs, 1, generator=generator)[:, 0]

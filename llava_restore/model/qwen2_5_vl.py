@@ -29,6 +29,7 @@ from llava_restore.reduction.types import ReductionResult
 
 from .attention import AttnContext
 from .config import CheckpointError, TextConfig
+from .decoding import decode
 from .llama import KVCache, LlamaAttention, LlamaDecoderLayer, RMSNorm
 
 
@@ -548,48 +549,23 @@ class Qwen2_5_VLForRestore(nn.Module):
                  attn_backend: str | None = None, generator: torch.Generator | None = None,
                  return_prepared: bool = False, vision_cache=None, image_names: list[str] | None = None):
         """Greedy (or sampled) decoding of a left-padded batch -> new tokens (B, T), padded after EOS."""
-        from .llava_llama import LlavaLlamaForCausalLM
-
         if vision_cache is not None:
             raise ValueError("--vision-cache is not supported for Qwen2.5-VL checkpoints")
         if num_beams != 1:
             raise ValueError(f"num_beams={num_beams} is not supported")
         eos = self.config.text.eos_token_id if eos_token_id is None else eos_token_id
         pad = (pad_token_id if pad_token_id is not None else eos) or 0
-        B, dev = input_ids.shape[0], input_ids.device
         mask = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
-        tokens = torch.full((B, max(max_new_tokens, 0)), pad, dtype=torch.long, device=dev)
-        done = torch.zeros(B, dtype=torch.bool, device=dev)
-        active = torch.arange(B, device=dev)
-        ids, n_steps = input_ids, 0
-        pick = LlavaLlamaForCausalLM._pick
-        out = self(ids, mask, images, reduction=reduction, use_cache=use_cache, padding_side="left",
+        out = self(input_ids, mask, images, reduction=reduction, use_cache=use_cache, padding_side="left",
                    attn_backend=attn_backend, last_logits_only=True, image_names=image_names)
         prepared = out.prepared
-        for step in range(max_new_tokens):
-            nxt = pick(out.logits[:, -1].float(), do_sample, temperature, top_p, generator)
-            n_steps = step + 1
-            if use_cache:
-                tokens[active, step] = nxt
-                finished = nxt == eos
-                if bool(finished.all()) or step == max_new_tokens - 1:
-                    break
-                if bool(finished.any()):
-                    keep = (~finished).nonzero(as_tuple=True)[0]
-                    out.cache.select_rows(keep)
-                    active, nxt = active[keep], nxt[keep]
-                out = self(nxt[:, None], reduction=reduction, cache=out.cache, attn_backend=attn_backend)
-            else:
-                nxt = torch.where(done, torch.full_like(nxt, pad), nxt)
-                tokens[:, step] = nxt
-                done = done | (nxt == eos)
-                if bool(done.all()) or step == max_new_tokens - 1:
-                    break
-                ids = torch.cat([ids, nxt[:, None]], 1)
-                mask = torch.cat([mask, torch.ones(B, 1, dtype=torch.bool, device=dev)], 1)
-                out = self(ids, mask, images, reduction=reduction, padding_side="left", attn_backend=attn_backend,
-                           last_logits_only=True, text_tail=step + 1)
-        tokens = tokens[:, :n_steps]
+        tokens = decode(
+            out, input_ids, mask, max_new_tokens, eos, pad, use_cache,
+            step_cached=lambda nxt, cache: self(nxt, reduction=reduction, cache=cache, attn_backend=attn_backend),
+            step_full=lambda ids, m, step: self(ids, m, images, reduction=reduction, padding_side="left",
+                                                attn_backend=attn_backend, last_logits_only=True,
+                                                text_tail=step + 1),
+            do_sample=do_sample, temperature=temperature, top_p=top_p, generator=generator)
         return (tokens, prepared) if return_prepared else tokens
 
 
