@@ -8,7 +8,7 @@ import os
 import torch
 from transformers import AutoTokenizer, CLIPImageProcessorPil, CLIPVisionConfig, CLIPVisionModel, PreTrainedTokenizerFast
 
-from .checkpoint import hf_to_ours, load_state_dict, ours_to_hf, save_state_dict, save_vision_tower
+from .checkpoint import assign_decoder_weights, hf_to_ours, load_state_dict, ours_to_hf, save_state_dict, save_vision_tower
 from .config import CheckpointError, LlavaConfig, parse_config, read_config_json
 from .llava_llama import LlavaLlamaForCausalLM
 from .qwen2_5_vl import is_qwen2_5_vl_config
@@ -106,16 +106,7 @@ def build_model(cfg: LlavaConfig, folder: str, *, vision_tower: str | None, allo
     tower = CLIPVisionTower(vision_model, cfg.mm_vision_select_layer, cfg.mm_vision_select_feature)
     with torch.device("meta"):
         model = LlavaLlamaForCausalLM(cfg, vision_tower=None)
-    expected = set(model.state_dict().keys())
-    if cfg.text.tie_word_embeddings:
-        expected.discard("lm_head.weight")
-    missing, unexpected = sorted(expected - set(lm_sd)), sorted(set(lm_sd) - expected)
-    if missing or unexpected:
-        raise CheckpointError(f"{folder}: weights do not match the config: missing {missing[:10]} "
-                              f"({len(missing)}), unexpected {unexpected[:10]} ({len(unexpected)})")
-    model.load_state_dict({k: v.to(dtype) for k, v in lm_sd.items()}, strict=False, assign=True)
-    if cfg.text.tie_word_embeddings:
-        model.lm_head.weight = model.model.embed_tokens.weight
+    assign_decoder_weights(model, lm_sd, dtype, folder, cfg.text.tie_word_embeddings)
     model.model.vision_tower = tower.to(dtype)
     return model, processor
 

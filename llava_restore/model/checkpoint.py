@@ -289,3 +289,19 @@ def load_vision_tower_weights(tower, folder: str) -> None:
     sd = load_state_dict(folder)
     own = {_strip_vision_prefix(k): k for k in vm.state_dict()}
     vm.load_state_dict({own[n]: sd[k] for n, k in stored.items()}, strict=True)
+
+
+def assign_decoder_weights(model: torch.nn.Module, lm_sd: dict, dtype: torch.dtype, folder: str,
+                           tie_word_embeddings: bool) -> None:
+    """Load ``lm_sd`` into a meta-device ``model`` (assigning the tensors), after checking that its
+    keys are exactly the model's (a tied ``lm_head`` may be absent); ties the head if asked."""
+    expected = set(model.state_dict())
+    if tie_word_embeddings:
+        expected.discard("lm_head.weight")
+    missing, unexpected = sorted(expected - set(lm_sd)), sorted(set(lm_sd) - expected)
+    if missing or unexpected:
+        raise CheckpointError(f"{folder}: weights do not match the config: missing {missing[:10]} "
+                              f"({len(missing)}), unexpected {unexpected[:10]} ({len(unexpected)})")
+    model.load_state_dict({k: v.to(dtype) for k, v in lm_sd.items()}, strict=False, assign=True)
+    if tie_word_embeddings:
+        model.lm_head.weight = model.model.embed_tokens.weight

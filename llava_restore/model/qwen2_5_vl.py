@@ -28,6 +28,7 @@ from llava_restore.reduction.mrope import section_axes, visual_mrope_ids
 from llava_restore.reduction.types import ReductionResult
 
 from .attention import AttnContext
+from .checkpoint import assign_decoder_weights
 from .config import CheckpointError, TextConfig
 from .decoding import decode
 from .llama import KVCache, LlamaAttention, LlamaDecoderLayer, RMSNorm
@@ -593,16 +594,7 @@ def load_into(model_cls, visual: nn.Module, cfg: QwenVLConfig, folder: str, sd: 
         raise CheckpointError(f"{folder}: vision tower weights mismatch: missing {missing[:5]}, unexpected {unexpected[:5]}")
     with torch.device("meta"):
         model = model_cls(cfg)
-    expected = set(model.state_dict())
-    if cfg.text.tie_word_embeddings:
-        expected.discard("lm_head.weight")
-    missing, unexpected = sorted(expected - set(lm_sd)), sorted(set(lm_sd) - expected)
-    if missing or unexpected:
-        raise CheckpointError(f"{folder}: weights do not match the config: missing {missing[:10]} "
-                              f"({len(missing)}), unexpected {unexpected[:10]} ({len(unexpected)})")
-    model.load_state_dict({k: v.to(dtype) for k, v in lm_sd.items()}, strict=False, assign=True)
-    if cfg.text.tie_word_embeddings:
-        model.lm_head.weight = model.model.embed_tokens.weight
+    assign_decoder_weights(model, lm_sd, dtype, folder, cfg.text.tie_word_embeddings)
     model.visual = visual.to(dtype)
     return model
 
