@@ -183,3 +183,19 @@ def retained_to_reindexed(prep) -> torch.Tensor:
     """(B, L) positions 0, 1, 2, ... over each row's real tokens: what a reduction that reindexes
     instead of retaining the original positions would give the same tokens."""
     return ((prep.valid.cumsum(1) - 1) * prep.valid).float()
+
+
+def cached_greedy(model, ids, mask, images, cfg, steps: int, plant: bool = False):
+    """Greedy decoding of one prompt through the KV cache -> (tokens, logits (steps, V)).
+    ``plant``: shift every in-LLM stage's positions by 3 (a wrong cache the tests must catch)."""
+    out = model(ids, mask, images, reduction=cfg, use_cache=True, padding_side="left")
+    cache, toks, logits = out.cache, [], [out.logits[0, -1]]
+    if plant:
+        for st in cache.stages:
+            st.pos_shift = st.pos_shift + 3.0
+    for _ in range(steps):
+        nxt = logits[-1].argmax()[None]
+        toks.append(int(nxt))
+        out = model(nxt[:, None], reduction=cfg, cache=cache)
+        logits.append(out.logits[0, -1])
+    return toks, torch.stack(logits[1:])

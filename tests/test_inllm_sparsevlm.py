@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from helpers import assert_distinguishes, make_batch, one_thread, randomize_vectors  # noqa: F401
+from helpers import assert_distinguishes, cached_greedy, make_batch, one_thread, randomize_vectors  # noqa: F401
 from llava_restore.model.attention import AttnContext
 from llava_restore.model.llama import rope_cos_sin
 from llava_restore.reduction import make_reduction_config
@@ -376,17 +376,7 @@ def test_kv_cache_decoding_equals_recomputation():
     steps = 4
 
     def decode(plant=False):
-        out = model(ids, mask, images, reduction=cfg, use_cache=True, padding_side="left")
-        cache, toks, logits = out.cache, [], [out.logits[0, -1]]
-        if plant:
-            for st in cache.stages:
-                st.pos_shift = st.pos_shift + 3.0
-        for _ in range(steps):
-            nxt = logits[-1].argmax()[None]
-            toks.append(int(nxt))
-            out = model(nxt[:, None], reduction=cfg, cache=cache)
-            logits.append(out.logits[0, -1])
-        return toks, torch.stack(logits[1:])
+        return cached_greedy(model, ids, mask, images, cfg, steps, plant)
 
     toks, cached = decode()
     ref = torch.stack([staged_reference(model, prep.embeds, prep.visual[0], layers, keeps,
