@@ -77,6 +77,24 @@ class KVCache:
         for stage in self.stages:
             stage.select_rows(rows)
 
+    def set_key_meta(self, prep) -> None:
+        """Layer 0's per-key metadata from a prefill's prepared inputs (``valid``, ``positions``, ...)."""
+        self.key_valid, self.key_pos, self.key_visual = prep.valid, prep.positions, prep.visual
+        self.key_log_size, self.key_log_size_l0, self.next_pos = prep.log_size, prep.log_size_l0, prep.next_pos
+
+    def append_text(self, q_pos: torch.Tensor) -> None:
+        """Metadata of T new text keys at positions ``q_pos`` (B, T) or (B, T, axes): valid, not visual,
+        size 1 (log 0); ``next_pos`` moves on by T."""
+        B, T = q_pos.shape[:2]
+        dev = q_pos.device
+        zeros = torch.zeros(B, T, device=dev)
+        self.key_valid = torch.cat([self.key_valid, torch.ones(B, T, dtype=torch.bool, device=dev)], 1)
+        self.key_pos = torch.cat([self.key_pos, q_pos], 1)
+        self.key_visual = torch.cat([self.key_visual, torch.zeros(B, T, dtype=torch.bool, device=dev)], 1)
+        self.key_log_size = torch.cat([self.key_log_size, zeros], 1)
+        self.key_log_size_l0 = torch.cat([self.key_log_size_l0, zeros], 1)
+        self.next_pos = self.next_pos + T
+
 
 class LlamaAttention(nn.Module):
     def __init__(self, cfg: TextConfig, layer_idx: int):

@@ -276,8 +276,7 @@ class LlavaLlamaForCausalLM(nn.Module):
                                        vision_cache)
         cache = KVCache() if (use_cache or cache is not None) else None
         meta = cache if cache is not None else KVCache()
-        meta.key_valid, meta.key_pos, meta.key_visual = prep.valid, prep.positions, prep.visual
-        meta.key_log_size, meta.key_log_size_l0, meta.next_pos = prep.log_size, prep.log_size_l0, prep.next_pos
+        meta.set_key_meta(prep)
         ctx = self._context(reduction, prep.positions, meta, decoding=False, backend=attn_backend)
         hooks = None
         if reduction is not None and is_in_llm(reduction.method):
@@ -296,13 +295,7 @@ class LlavaLlamaForCausalLM(nn.Module):
         B, T = input_ids.shape
         dev = input_ids.device
         q_pos = cache.next_pos[:, None] + torch.arange(T, device=dev, dtype=torch.float32)[None]  # (B, T)
-        zeros = torch.zeros(B, T, device=dev)
-        cache.key_valid = torch.cat([cache.key_valid, torch.ones(B, T, dtype=torch.bool, device=dev)], 1)
-        cache.key_pos = torch.cat([cache.key_pos, q_pos], 1)
-        cache.key_visual = torch.cat([cache.key_visual, torch.zeros(B, T, dtype=torch.bool, device=dev)], 1)
-        cache.key_log_size = torch.cat([cache.key_log_size, zeros], 1)
-        cache.key_log_size_l0 = torch.cat([cache.key_log_size_l0, zeros], 1)
-        cache.next_pos = cache.next_pos + T
+        cache.append_text(q_pos)
         for stage in cache.stages:  # in-LLM reduction: the later layers' own key sets
             stage.append(q_pos)
         ctx = self._context(cfg, q_pos, cache, decoding=True, backend=backend)

@@ -514,8 +514,7 @@ class Qwen2_5_VLForRestore(nn.Module):
                                        image_names)
         cache = KVCache() if (use_cache or cache is not None) else None
         meta = cache if cache is not None else KVCache()
-        meta.key_valid, meta.key_pos, meta.key_visual = prep.valid, prep.positions, prep.visual
-        meta.key_log_size, meta.key_log_size_l0, meta.next_pos = prep.log_size, prep.log_size_l0, prep.next_pos
+        meta.set_key_meta(prep)
         ctx = self._context(reduction, prep.positions, meta, decoding=False, backend=attn_backend)
         h = self.model(prep.embeds, prep.positions, ctx, cache, inject=prep.inject)
         logits = self.lm_head(h[:, -1:] if last_logits_only else h)
@@ -530,13 +529,7 @@ class Qwen2_5_VLForRestore(nn.Module):
         dev = input_ids.device
         q1 = cache.next_pos[:, None] + torch.arange(T, device=dev, dtype=torch.float32)[None]  # (B, T)
         q_pos = q1[:, :, None].expand(B, T, 3)  # text: the same id on all three axes
-        zeros = torch.zeros(B, T, device=dev)
-        cache.key_valid = torch.cat([cache.key_valid, torch.ones(B, T, dtype=torch.bool, device=dev)], 1)
-        cache.key_pos = torch.cat([cache.key_pos, q_pos], 1)
-        cache.key_visual = torch.cat([cache.key_visual, torch.zeros(B, T, dtype=torch.bool, device=dev)], 1)
-        cache.key_log_size = torch.cat([cache.key_log_size, zeros], 1)
-        cache.key_log_size_l0 = torch.cat([cache.key_log_size_l0, zeros], 1)
-        cache.next_pos = cache.next_pos + T
+        cache.append_text(q_pos)
         ctx = self._context(cfg, q_pos, cache, decoding=True, backend=backend)
         h = self.model(self.model.embed_tokens(input_ids), q_pos, ctx, cache)
         return QwenOutput(logits=self.lm_head(h), cache=cache)
