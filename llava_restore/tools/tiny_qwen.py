@@ -13,8 +13,9 @@ import os
 from dataclasses import dataclass
 
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast, Qwen2VLImageProcessorPil
+
+from llava_restore.tools.tokenizer import train_word_bpe
 
 QWEN_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
                  "<|image_pad|>", "<|video_pad|>"]
@@ -61,15 +62,7 @@ class TinyQwenSpec:
 
 def build_qwen_tokenizer(vocab_size: int, texts=()) -> PreTrainedTokenizerFast:
     """BPE over a Metaspace pre-tokeniser with Qwen's special tokens first (ids 0..6), no BOS."""
-    tok = Tokenizer(models.BPE(unk_token=None, byte_fallback=False))
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first"),
-        pre_tokenizers.Split("\n", behavior="isolated"),
-        pre_tokenizers.Punctuation(behavior="isolated")])
-    tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first")
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=QWEN_SPECIALS, show_progress=False,
-                                  initial_alphabet=sorted(set(_TEXT)) + ["▁"])
-    tok.train_from_iterator([_TEXT, *texts], trainer=trainer)
+    tok = train_word_bpe(_TEXT, texts, vocab_size, QWEN_SPECIALS, None)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
                                    additional_special_tokens=QWEN_SPECIALS[1:], model_max_length=4096,
                                    padding_side="left")

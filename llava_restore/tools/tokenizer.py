@@ -20,19 +20,27 @@ _BASE_TEXT = (
 )
 
 
-def build_tokenizer(texts: Iterable[str] = (), vocab_size: int = 512) -> PreTrainedTokenizerFast:
-    tok = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=False))
-    # Words never fuse with punctuation or newlines (as in LLaMA's vocabulary): without this, a BPE
-    # trained on templated text learns tokens like "▁cross?\nAnswer", so a word would be a different
-    # token at the end of a question than elsewhere.
+def train_word_bpe(base_text: str, texts: Iterable[str], vocab_size: int, specials: list,
+                   unk_token: str | None) -> Tokenizer:
+    """A BPE over Metaspace words, trained offline on ``base_text`` + ``texts``; ``specials`` get the first ids.
+
+    Words never fuse with punctuation or newlines (as in LLaMA's vocabulary): without this, a BPE
+    trained on templated text learns tokens like "▁cross?\nAnswer", so a word would be a different
+    token at the end of a question than elsewhere."""
+    tok = Tokenizer(models.BPE(unk_token=unk_token, byte_fallback=False))
     tok.pre_tokenizer = pre_tokenizers.Sequence([
         pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first"),
         pre_tokenizers.Split("\n", behavior="isolated"),
         pre_tokenizers.Punctuation(behavior="isolated")])
     tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first")
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIALS, show_progress=False,
-                                  initial_alphabet=sorted(set(_BASE_TEXT)) + ["▁"])
-    tok.train_from_iterator([_BASE_TEXT, *texts], trainer=trainer)
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False,
+                                  initial_alphabet=sorted(set(base_text)) + ["▁"])
+    tok.train_from_iterator([base_text, *texts], trainer=trainer)
+    return tok
+
+
+def build_tokenizer(texts: Iterable[str] = (), vocab_size: int = 512) -> PreTrainedTokenizerFast:
+    tok = train_word_bpe(_BASE_TEXT, texts, vocab_size, SPECIALS, "<unk>")
     bos = tok.token_to_id("<s>")
     tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos)])
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
