@@ -64,14 +64,15 @@ def randomize_vectors(model, std: float = SENSITIVE_INIT_STD, seed: int = 0):
 
 
 @functools.lru_cache(maxsize=4)
-def sensitive_tiny(seed: int = 0, init_std: float = SENSITIVE_INIT_STD):
+def sensitive_tiny(seed: int = 0, init_std: float = SENSITIVE_INIT_STD, layers: int | None = None):
     """(tok, model, proc): ``build_tiny`` at an init where token order, calibration terms,
     positions, padding and decode positions visibly move the logits and the greedy tokens, with
     random norm weights and biases (``randomize_vectors``).  Cached and shared across test modules:
-    do not modify it."""
-    from llava_restore.tools.make_tiny import build_tiny
+    do not modify it.  ``layers``: decoder depth (default: ``TinySpec``'s)."""
+    from llava_restore.tools.make_tiny import TinySpec, build_tiny
 
-    tok, model, proc = build_tiny(seed=seed, init_std=init_std)
+    spec = TinySpec() if layers is None else TinySpec(layers=layers)
+    tok, model, proc = build_tiny(spec, seed=seed, init_std=init_std)
     randomize_vectors(model, init_std, seed)
     for p in model.parameters():
         p.requires_grad_(False)

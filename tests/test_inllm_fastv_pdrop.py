@@ -9,12 +9,12 @@ and runs the remaining layers on it with the method's positions.  It shares no c
 """
 from __future__ import annotations
 
-import functools
 
 import pytest
 import torch
 
-from helpers import assert_distinguishes, cached_greedy, make_batch, one_thread, randomize_vectors  # noqa: F401
+from helpers import (assert_distinguishes, cached_greedy, make_batch, one_thread,  # noqa: F401
+                     randomize_vectors, sensitive_tiny)
 from llava_restore.model.attention import AttnContext
 from llava_restore.model.llama import rope_cos_sin
 from llava_restore.reduction import make_reduction_config
@@ -26,15 +26,8 @@ LAYERS = 4
 N = 576
 
 
-@functools.lru_cache(maxsize=1)
 def tiny4():
-    from llava_restore.tools.make_tiny import TinySpec, build_tiny
-
-    tok, model, proc = build_tiny(TinySpec(layers=LAYERS), seed=0, init_std=0.2)
-    randomize_vectors(model, 0.2, 0)
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return tok, model, proc
+    return sensitive_tiny(0, 0.2, LAYERS)
 
 
 def cfg_of(method, n_vis=None, **opts):

@@ -2,13 +2,13 @@
 (text raters, scores, the keep counts, DPC-kNN recycling), then the decoder integration."""
 from __future__ import annotations
 
-import functools
 import math
 
 import pytest
 import torch
 
-from helpers import assert_distinguishes, cached_greedy, make_batch, one_thread, randomize_vectors  # noqa: F401
+from helpers import (assert_distinguishes, cached_greedy, make_batch, one_thread,  # noqa: F401
+                     randomize_vectors, sensitive_tiny)
 from llava_restore.model.attention import AttnContext
 from llava_restore.model.llama import rope_cos_sin
 from llava_restore.reduction import make_reduction_config
@@ -165,15 +165,8 @@ LAYERS = 4
 N = 576
 
 
-@functools.lru_cache(maxsize=1)
 def tiny4():
-    from llava_restore.tools.make_tiny import TinySpec, build_tiny
-
-    tok, model, proc = build_tiny(TinySpec(layers=LAYERS), seed=0, init_std=0.2)
-    randomize_vectors(model, 0.2, 0)
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return tok, model, proc
+    return sensitive_tiny(0, 0.2, LAYERS)
 
 
 def cfg_of(n_vis=None, **opts):
