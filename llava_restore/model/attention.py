@@ -119,15 +119,19 @@ class AttnContext:
                 bias = bias * self.distance_keys[:, None, :]
             self._dense["dist"] = bias
         if "dist" not in self._dense:
-            qp, kp = self.query_pos.double(), self.key_pos.double()  # (B, Lq), (B, Lk)
-            if bool(torch.all(qp == qp.round())) and bool(torch.all(kp == kp.round())):
-                # integer positions: one table over every offset that occurs, read by index (float32)
-                lo, hi = int(qp.min() - kp.max()), int(qp.max() - kp.min())
+            qp, kp = self.query_pos, self.key_pos  # (B, Lq), (B, Lk) float
+            qi, ki = qp.int(), kp.int()
+            if bool(torch.logical_and((qi == qp).all(), (ki == kp).all())):
+                # integer positions: one table over every offset that occurs, read by index (float32);
+                # int32 offsets and index_select: half the bytes of int64 + take, ~2x faster on a CPU
+                q_lo, q_hi, k_lo, k_hi = torch.stack([qi.min(), qi.max(), ki.min(), ki.max()]).tolist()
+                lo, hi = q_lo - k_hi, q_hi - k_lo
                 table = distance_table(lo, hi, self.rope_theta, self.head_dim, self.c, qp.device)
-                offset = (qp.long() - lo)[:, :, None] - kp.long()[:, None, :]  # (B, Lq, Lk) in [0, hi - lo]
-                bias = table.take(offset)
+                offset = (qi - lo)[:, :, None] - ki[:, None, :]  # (B, Lq, Lk) int32 in [0, hi - lo]
+                bias = table.index_select(0, offset.view(-1)).view(offset.shape)
             else:
-                bias = distance_bias(qp[:, :, None] - kp[:, None, :], self.rope_theta, self.head_dim, self.c).float()
+                qd, kd = qp.double(), kp.double()
+                bias = distance_bias(qd[:, :, None] - kd[:, None, :], self.rope_theta, self.head_dim, self.c).float()
             if self.distance_keys is not None:
                 bias = bias * self.distance_keys[:, None, :]
             self._dense["dist"] = bias
@@ -144,9 +148,14 @@ class AttnContext:
         """(B, Lq, Lk) float32: the distance term (0 when off) where allowed, -inf elsewhere; once per forward."""
         if "masked" not in self._dense:
             dist = self.distance_bias()
-            allowed = self.allowed()
-            fill = torch.zeros((), dtype=torch.float32, device=allowed.device) if dist is None else dist
-            self._dense["masked"] = torch.where(allowed, fill, NEG_INF)
+            if self.all_keys_valid:  # the causal mask as 0 / -inf, added: cheaper than a where on a CPU
+                future = torch.full((1, self.q_len, self.k_len), NEG_INF, device=self.key_valid.device)
+                future.triu_(self.k_len - self.q_len + 1)  # (1, Lq, Lk): -inf where kj > qi + off
+                self._dense["masked"] = future if dist is None else dist + future
+            else:
+                allowed = self.allowed()
+                fill = torch.zeros((), dtype=torch.float32, device=allowed.device) if dist is None else dist
+                self._dense["masked"] = torch.where(allowed, fill, NEG_INF)
         return self._dense["masked"]
 
     def dense_bias(self, layer_idx: int, dtype: torch.dtype) -> torch.Tensor:

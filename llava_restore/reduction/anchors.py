@@ -26,7 +26,7 @@ from typing import Callable, Optional
 import torch
 
 from .bipartite import tome_partition
-from .common import normalize, random_ranks, resolve_seed, topk_desc
+from .common import gather_rows, normalize, random_ranks, resolve_seed, topk_desc
 
 ANCHOR_RULES: dict[str, Callable] = {}
 
@@ -39,17 +39,43 @@ def _rule(name: str):
     return deco
 
 
+NO_NEIGHBOUR = -1e30  # far below any cosine: "no token qualifies" in the masked maximum
+MAX_TOKENS = 1 << 22  # the masked maximum's float32 rank arithmetic is exact below this many tokens
+
+
+def _masked_row_max(S: torch.Tensor, rho: torch.Tensor, lower: bool) -> torch.Tensor:
+    """max{S_ij : rho_j < rho_i} (lower) or max{S_ij : rho_j > rho_i}, per row; NO_NEIGHBOUR or
+    below when no j qualifies.  S (B, M, M), rho (B, M) -> (B, M), the exact maximum of the same
+    entries.
+
+    Float arithmetic only (no (B, M, M) bool mask: a broadcast comparison and a where over M^2 cost
+    ~3x a float add on a CPU).  With lo_j = #{l : rho_l < rho_j} (ties share it), rho_j < rho_i iff
+    lo_j < lo_i, i.e. lo_i - 1 >= lo_j.  With c = 1e30, u_i = (lo_i - 1) c and v_j = lo_j c, rounding
+    is monotone, so min(u_i - v_j, 0) is exactly 0 where j qualifies; elsewhere lo_i - 1 < lo_j and
+    it is <= -c / 2 (ranks are integers below 2^22 = MAX_TOKENS, so each rounded product is within
+    c / 4 of the exact one).  So
+    S + min(u_i - v_j, 0) keeps the qualifying entries exactly and sinks the rest below every cosine."""
+    if rho.shape[-1] >= MAX_TOKENS:
+        raise ValueError(f"anchor selection: M={rho.shape[-1]} tokens; the density-peaks rules take < {MAX_TOKENS}")
+    asc = torch.sort(rho, dim=-1).values  # (B, M)
+    lo = torch.searchsorted(asc, rho, right=not lower).float()  # (B, M) #{rho < rho_i} or #{rho <= rho_i}
+    u, v = (lo - 1.0) * -NO_NEIGHBOUR, lo * -NO_NEIGHBOUR  # (B, M)
+    if lower:
+        gap = u.unsqueeze(2) - v.unsqueeze(1)  # (B, M, M) [i, j]: >= 0 iff lo_i - 1 >= lo_j
+    else:  # rho_j > rho_i iff hi_j - 1 >= hi_i with hi = #{rho <= .}
+        gap = u.unsqueeze(1) - v.unsqueeze(2)
+    return gap.clamp_(max=0.0).add_(S).amax(dim=-1)
+
+
 def _density_peaks(S: torch.Tensor, k: int, lower: bool) -> torch.Tensor:
     """S (B, M, M) cosine -> (B, k) anchors by rho * delta."""
     rho = S.sum(dim=-1)  # (B, M)
-    # [b, i, j] allowed when rho_j < rho_i (lower) or rho_j > rho_i; fused into one masked max
-    allowed = rho.unsqueeze(1) < rho.unsqueeze(2) if lower else rho.unsqueeze(1) > rho.unsqueeze(2)
-    nearest = torch.where(allowed, S, float("-inf")).amax(dim=-1)  # (B, M), -inf when none
+    nearest = _masked_row_max(S, rho, lower)  # (B, M), NO_NEIGHBOUR when none
     if lower:
         fallback = torch.ones_like(rho)  # lowest-density token: delta = 1
     else:
         fallback = 1.0 - S.amin(dim=-1)  # densest token: its largest distance
-    delta = torch.where(torch.isinf(nearest), fallback, 1.0 - nearest)
+    delta = torch.where(nearest > NO_NEIGHBOUR / 4, 1.0 - nearest, fallback)
     return topk_desc(rho * delta, k)
 
 
@@ -150,7 +176,7 @@ def anchor_merge(
     if S is not None:
         sim = S.gather(2, anchors.unsqueeze(1).expand(B, M, n_anchors))  # (B, M, K)
     else:
-        sim = yn @ yn.gather(1, anchors.unsqueeze(-1).expand(-1, -1, yn.shape[-1])).transpose(1, 2)
+        sim = yn @ gather_rows(yn, anchors).transpose(1, 2)
     assignment = sim.argmax(dim=-1)  # (B, M), first max -> lowest anchor
     assignment.scatter_(1, anchors, torch.arange(n_anchors, device=dev).expand(B, -1))
     return anchors, assignment

@@ -58,8 +58,14 @@ def mask_to_indices(mask: torch.Tensor, count: int) -> torch.Tensor:
 
 
 def gather_rows(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    """x (B, N, D), idx (B, k) -> (B, k, D)."""
-    return x.gather(1, idx.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+    """x (B, N, D), idx (B, k) -> (B, k, D): out[b, i] = x[b, idx[b, i]].
+
+    One index_select over the B*N rows (whole rows copied), not a gather with an expanded (B, k, D)
+    index (one index per element: ~10x slower on a CPU for D = 128)."""
+    B, N, D = x.shape
+    k = idx.shape[1]
+    flat = idx if B == 1 else idx + torch.arange(B, device=idx.device).unsqueeze(1) * N  # (B, k) rows of x
+    return x.reshape(B * N, D).index_select(0, flat.reshape(-1)).view(B, k, D)
 
 
 def resolve_seed(seed: int, generator: Optional[torch.Generator]) -> int:

@@ -53,6 +53,7 @@ from typing import Callable, Optional
 
 import torch
 
+from .common import gather_rows
 from .config import ReductionConfig
 from .registry import known_methods, register_reducer, registered_class
 
@@ -505,7 +506,7 @@ class InLLMState:
         self.valid = kept_all.gather(1, order)
         self.visual = vis_all.gather(1, order) & self.valid
         self.orig = torch.where(self.valid, orig_all.gather(1, order), -1)
-        h_new = h_all.gather(1, order[:, :, None].expand(B, n_new, h.shape[2]))
+        h_new = gather_rows(h_all, order)
         if self.mode == "retain":
             new_pos = pos_all.gather(1, order)
             shift = torch.zeros(B, device=keep.device)

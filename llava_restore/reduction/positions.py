@@ -9,6 +9,7 @@ from typing import Optional
 
 import torch
 
+from .common import gather_rows
 from .config import POSITION_REPS
 from .types import EXTRA_POSITION, PATCH, ReductionResult
 
@@ -133,7 +134,7 @@ def build_result(
     else:
         if tuple(features.shape[:2]) != (B, n):
             raise ValueError(f"build_result: features shape {tuple(features.shape)} != (B, n, D) with (B, n)={(B, n)}")
-        out_feats = features.gather(1, order.unsqueeze(-1).expand(B, n, features.shape[-1]))
+        out_feats = gather_rows(features, order)
     return ReductionResult(
         features=out_feats,
         source=new_source,

@@ -27,7 +27,7 @@ from typing import Optional
 
 import torch
 
-from .common import topk_desc
+from .common import gather_rows, topk_desc
 from .config import SPARSEVLM_CLAMPS
 from .inllm import Decision, DropEvent, InLLMPolicy, Schedule, topk_mask
 from .registry import register_reducer
@@ -162,7 +162,7 @@ def sparsevlm_recycle(x_del: torch.Tensor, score_del: torch.Tensor, ratio: float
     if m == 0:
         return None
     chosen = topk_desc(score_del.float(), m)  # (B, m), highest score first
-    picked = x_del.gather(1, chosen[:, :, None].expand(-1, -1, x_del.shape[2]))  # (B, m, C)
+    picked = gather_rows(x_del, chosen)  # (B, m, C)
     c = min(c, m)
     _, assign = dpc_knn_clusters(picked, c)
     return Recycled(cluster_means(picked, assign, c), chosen, assign)
@@ -239,11 +239,6 @@ def _rows_of(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.where(ok, order, torch.zeros_like(order)), ok
 
 
-def _gather(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    """x (B, L, D), idx (B, n) -> (B, n, D)."""
-    return x.gather(1, idx[:, :, None].expand(-1, -1, x.shape[2]))
-
-
 def input_raters(h0: torch.Tensor, valid0: torch.Tensor, visual0: torch.Tensor) -> torch.Tensor:
     """The raters over the decoder's input layout: h0 (B, L0, D) input embeddings -> (B, L0) bool.
     Every row's visual tokens rate against the real text after its last visual token."""
@@ -259,7 +254,7 @@ def input_raters(h0: torch.Tensor, valid0: torch.Tensor, visual0: torch.Tensor) 
     rows = has.nonzero(as_tuple=True)[0]
     vi, vok = _rows_of(vis[rows])
     ti, tok = _rows_of(text[rows])
-    r = sparsevlm_raters(_gather(h0[rows], vi), _gather(h0[rows], ti), tok, vok)  # (b, n_t)
+    r = sparsevlm_raters(gather_rows(h0[rows], vi), gather_rows(h0[rows], ti), tok, vok)  # (b, n_t)
     sub = torch.zeros(len(rows), L0 + 1, dtype=torch.bool, device=valid0.device)  # column L0: padding
     sub.scatter_(1, torch.where(tok, ti, L0), r & tok)
     out[rows] = sub[:, :L0]
