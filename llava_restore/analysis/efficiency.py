@@ -163,7 +163,7 @@ def measure(model, ids, mask, pixels, variants: list[Variant], repeats: int, war
                           vc.patch_size, t.hidden_size)
     elem = torch.empty((), dtype=dtype).element_size()
 
-    with torch.no_grad():
+    with torch.inference_mode():  # as the eval runs it (eval/generate.py): no autograd bookkeeping per op
         vis, proj, cls = model.encode_images(pixels, want_cls_attn=True)
         N = proj.shape[1]
 
@@ -242,6 +242,7 @@ def measure(model, ids, mask, pixels, variants: list[Variant], repeats: int, war
                 "kv_bytes_measured": cache_bytes(out.cache) / len(L),
                 "kv_bytes_formula": kv_formula,
                 "reduce_ms": statistics.median(red_times[v.name]) if v.name in red_times else 0.0,
+                "reduce_ms_all": red_times.get(v.name, []),
                 "anchor_ms": statistics.median(anc_times[v.name]) if v.name in anc_times else 0.0,
             })
     full = rows[0]
@@ -274,15 +275,39 @@ def table(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
+def paired(num: list[float], den: list[float]) -> tuple[float, float, float]:
+    """Median and quartiles of the per-repeat ratios num[r] / den[r]: both were timed in the same
+    round-robin repeat, seconds apart, so a slow phase of a shared machine cancels out."""
+    q = statistics.quantiles([a / b for a, b in zip(num, den)], n=4) if len(num) > 1 else [num[0] / den[0]] * 3
+    return q[1], q[0], q[2]
+
+
 def restore_vs_plain(rows: list[dict]) -> list[dict]:
-    """Per method and n: the prefill time of RESTORE over plain pruning (same run)."""
+    """Per method and n: the prefill time of RESTORE over plain pruning (same run), as the ratio of
+    the medians and as the median of the per-repeat ratios (with its quartiles)."""
     by = {(r["method"], r["n_vis"], r["restore"]): r for r in rows}
     out = []
     for (m, n, rs), r in by.items():
         if rs and (m, n, False) in by:
             plain = by[(m, n, False)]
+            med, q1, q3 = paired(r["prefill_ms_all"], plain["prefill_ms_all"])
             out.append({"method": m, "n_vis": n, "plain_speedup": plain["speedup"], "restore_speedup": r["speedup"],
-                        "restore_over_plain_time": r["prefill_ms"] / plain["prefill_ms"]})
+                        "restore_over_plain_time": r["prefill_ms"] / plain["prefill_ms"],
+                        "restore_over_plain_paired": med, "restore_over_plain_q1": q1, "restore_over_plain_q3": q3})
+    return out
+
+
+def reduction_vs_first(rows: list[dict]) -> list[dict]:
+    """Per n: each plain pre-LLM method's reduction time over the first method's (default DivPrune),
+    the median of the per-repeat ratios."""
+    plain = [r for r in rows if r["method"] != "full" and not r["restore"] and r["reduce_ms_all"]]
+    out = []
+    for r in plain:
+        ref = next(p for p in plain if p["n_vis"] == r["n_vis"])
+        if ref is not r:
+            med, q1, q3 = paired(r["reduce_ms_all"], ref["reduce_ms_all"])
+            out.append({"method": r["method"], "reference": ref["method"], "n_vis": r["n_vis"],
+                        "ratio_of_medians": r["reduce_ms"] / ref["reduce_ms"], "paired": med, "q1": q1, "q3": q3})
     return out
 
 
@@ -350,7 +375,8 @@ def main(argv=None) -> dict:
             "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
             "threads": torch.get_num_threads(), "batch_size": args.batch_size, "repeats": args.repeats,
             "warmup": args.warmup, "clock": args.clock, "formula": "llava_restore/analysis/flops.py (docs/ablations.md)"}
-    result = {"meta": meta, "rows": rows, "restore_vs_plain": restore_vs_plain(rows)}
+    result = {"meta": meta, "rows": rows, "restore_vs_plain": restore_vs_plain(rows),
+              "reduction_vs_first": reduction_vs_first(rows)}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "efficiency.json").write_text(json.dumps(result, indent=1), encoding="utf-8")
@@ -358,11 +384,17 @@ def main(argv=None) -> dict:
           f"device {meta['device_name']} ({meta['dtype']}, {meta['threads']} threads, {args.clock} clock), "
           f"batch {args.batch_size}, "
           f"median of {args.repeats} repeats after {args.warmup} warm-up, all configurations round-robin.", "",
-          table(rows), "", "| method | n | speed-up plain | speed-up RESTORE | RESTORE / plain time |",
-          "|---|---|---|---|---|"]
+          table(rows), "", "| method | n | speed-up plain | speed-up RESTORE | RESTORE / plain time "
+          "(ratio of medians) | RESTORE / plain time (paired median [quartiles]) |", "|---|---|---|---|---|---|"]
     for r in result["restore_vs_plain"]:
         md.append(f"| {r['method']} | {r['n_vis']} | {r['plain_speedup']:.2f}x | {r['restore_speedup']:.2f}x | "
-                  f"{r['restore_over_plain_time']:.3f} |")
+                  f"{r['restore_over_plain_time']:.3f} | {r['restore_over_plain_paired']:.3f} "
+                  f"[{r['restore_over_plain_q1']:.3f}, {r['restore_over_plain_q3']:.3f}] |")
+    if result["reduction_vs_first"]:
+        md += ["", "| method | n | reduction time / the first method's (ratio of medians) | paired median [quartiles] |",
+               "|---|---|---|---|"]
+        md += [f"| {r['method']} / {r['reference']} | {r['n_vis']} | {r['ratio_of_medians']:.2f} | {r['paired']:.2f} "
+               f"[{r['q1']:.2f}, {r['q3']:.2f}] |" for r in result["reduction_vs_first"]]
     staged = [r for r in rows if r["visual_per_layer"] is not None]
     if staged:  # in-LLM methods: n_vis is the layer average of these counts (per image)
         md += ["", "| config | n_vis (layer average) | visual tokens per layer |", "|---|---|---|"]

@@ -18,28 +18,38 @@ from .registry import register_reducer
 DROP_PER_STEP = 8  # the reference drops at most 8 A tokens per round
 
 
-BLOCK_FRACTION = 4  # score by whole rows while |B| > N / BLOCK_FRACTION (see _max_to_b)
+BLOCK_FRACTION = 4  # score by whole rows while |B| > N / BLOCK_FRACTION (see _BScorer)
 OUTSIDE_B = -1e30  # added to the cosines of the tokens outside B: below every cosine
 
 
-def _max_to_b(flat, rows, offset, a_idx, b_idx, N: int) -> torch.Tensor:
+class _BScorer:
     """max_b cos(x_a, x_b) over b in B, for each a in A: the exact maximum of the same entries.
 
-    flat (B, N*N) / rows (B*N, N): the cosine matrix; offset (B, 1) = b * N; a_idx (B, n_a),
-    b_idx (B, n_b) token indices -> (B, n_a).  Two exact ways, chosen by shape only:
+    Holds one forward's cosine matrix sim (B, N, N) and a reusable (B, 1, N) column mask.  Two exact
+    ways, chosen by shape only:
     - |B| large: copy A's whole rows (contiguous) and add 0 on B's columns, OUTSIDE_B elsewhere
       (x + 0 = x exactly), then the row maximum: ~n_a * N cheap vectorised element operations;
     - |B| small: gather the n_a * n_b entries by flat index (costlier per element, fewer of them).
     """
-    Bsz, n_a = a_idx.shape
-    n_b = b_idx.shape[1]
-    if n_b * BLOCK_FRACTION > N:
-        block = rows.index_select(0, (a_idx + offset).view(-1)).view(Bsz, n_a, N)  # (B, n_a, N)
-        on_b = torch.full((Bsz, 1, N), OUTSIDE_B, dtype=rows.dtype, device=rows.device)
-        on_b.scatter_(2, b_idx.unsqueeze(1), 0.0)  # (B, 1, N): 0 on B's columns
-        return block.add_(on_b).amax(dim=-1)
-    pair = torch.add(b_idx.unsqueeze(1), a_idx.unsqueeze(2), alpha=N).view(Bsz, n_a * n_b)  # flat [a, b]
-    return flat.gather(1, pair).view(Bsz, n_a, n_b).amax(dim=-1)
+
+    def __init__(self, sim: torch.Tensor):
+        B, N, _ = sim.shape
+        self.B, self.N = B, N
+        self.flat, self.rows = sim.view(B, N * N), sim.view(B * N, N)  # flat[a * N + b]; rows[b * N + a]
+        self.offset = None if B == 1 else torch.arange(B, device=sim.device).unsqueeze(1) * N  # (B, 1)
+        self.on_b = torch.empty(B, 1, N, dtype=sim.dtype, device=sim.device)
+
+    def __call__(self, a_idx: torch.Tensor, b_idx: torch.Tensor) -> torch.Tensor:
+        """a_idx (B, n_a), b_idx (B, n_b) token indices -> (B, n_a)."""
+        B, N = self.B, self.N
+        n_a, n_b = a_idx.shape[1], b_idx.shape[1]
+        if n_b * BLOCK_FRACTION > N:
+            rows = a_idx.reshape(-1) if self.offset is None else (a_idx + self.offset).view(-1)
+            block = self.rows.index_select(0, rows).view(B, n_a, N)  # (B, n_a, N)
+            on_b = self.on_b.fill_(OUTSIDE_B).scatter_(2, b_idx.unsqueeze(1), 0.0)  # (B, 1, N): 0 on B's columns
+            return block.add_(on_b).amax(dim=-1)
+        pair = torch.add(b_idx.unsqueeze(1), a_idx.unsqueeze(2), alpha=N).view(B, n_a * n_b)  # flat [a, b]
+        return self.flat.gather(1, pair).view(B, n_a, n_b).amax(dim=-1)
 
 
 def vispruner_select(
@@ -61,9 +71,7 @@ def vispruner_select(
     n_div = k - n_imp
     order = argsort_desc(cls_attn.float())  # (B, N)
     important, residual = order[:, :n_imp], order[:, n_imp:]  # (B, n_imp), (B, R)
-    sim = cosine_matrix(x.detach())  # (B, N, N) once (indices only)
-    flat, rows = sim.view(B, N * N), sim.view(B * N, N)  # flat[a * N + b] = cos(x_a, x_b); rows[b * N + a]
-    offset = torch.arange(B, device=x.device).unsqueeze(1) * N  # (B, 1) first row of each sample
+    max_to_b = _BScorer(cosine_matrix(x.detach()))  # the (B, N, N) cosines, once (indices only)
     # the loop's shapes depend on N, k and drop_per_step only: no host sync, no data-dependent size;
     # few tensor calls per round (on a CPU their dispatch cost is most of a late round's time)
     R = residual.shape[1]
@@ -74,7 +82,7 @@ def vispruner_select(
         if r == n_a:  # every A token goes; no need to score
             residual, R = b_idx, n_b
             continue
-        scores = _max_to_b(flat, rows, offset, a_idx, b_idx, N)  # (B, |A|): max cosine to B, exact
+        scores = max_to_b(a_idx, b_idx)  # (B, |A|): max cosine to B, exact
         survivors = argsort_desc(scores)[:, r:]  # (B, |A| - r)
         residual, R = torch.cat([a_idx.gather(1, survivors), b_idx], dim=1), R - r
     return torch.cat([important, residual], dim=1)
