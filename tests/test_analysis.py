@@ -153,3 +153,25 @@ def test_efficiency_rows_on_tiny_model(tiny_loaded):
     assert plain["anchor_flops"] == 0 and rest["anchor_flops"] == 2 * (576 - 32) ** 2 * D
     assert rest["anchor_ms"] > 0 and plain["anchor_ms"] == 0
     assert plain["llm_flop_speedup_limit"] == pytest.approx(full["llm_flops"] / plain["llm_flops"])
+
+
+def test_paired_ratios_cancel_a_slow_phase():
+    """The paired statistic divides each repeat's RESTORE time by the same repeat's plain time, so a
+    machine-wide slow phase cancels; the ratio of the medians does not have to."""
+    from llava_restore.analysis.efficiency import paired, reduction_vs_first, restore_vs_plain
+
+    plain = [10.0, 10.0, 20.0, 20.0, 20.0]  # the machine halves its speed after two repeats
+    restore = [11.0, 11.0, 22.0, 22.0, 22.0]  # always 1.10x the plain time of its own repeat
+    assert paired(restore, plain)[0] == pytest.approx(1.10)
+    base = {"n_vis": 64, "speedup": 1.0, "reduce_ms": 1.0}
+    rows = [dict(base, name="full", method="full", restore=False, prefill_ms_all=plain, prefill_ms=20.0, reduce_ms_all=[]),
+            dict(base, name="d", method="divprune", restore=False, prefill_ms_all=plain, prefill_ms=20.0,
+                 reduce_ms_all=[1.0, 1.0, 2.0, 2.0, 2.0]),
+            dict(base, name="d-r", method="divprune", restore=True, prefill_ms_all=restore, prefill_ms=22.0,
+                 reduce_ms_all=[2.0, 2.0, 4.0, 4.0, 4.0]),
+            dict(base, name="v", method="vispruner", restore=False, prefill_ms_all=plain, prefill_ms=20.0,
+                 reduce_ms_all=[3.0, 3.0, 6.0, 6.0, 6.0], reduce_ms=6.0)]
+    (r,) = restore_vs_plain(rows)
+    assert r["restore_over_plain_paired"] == pytest.approx(1.10) and r["restore_over_plain_q1"] == pytest.approx(1.10)
+    (v,) = reduction_vs_first(rows)
+    assert (v["method"], v["reference"]) == ("vispruner", "divprune") and v["paired"] == pytest.approx(3.0)

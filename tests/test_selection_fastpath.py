@@ -267,3 +267,64 @@ def test_selections_never_read_values_on_the_host():
         assert anchors.shape == (B, 32) and assignment.shape == (B, 544), rule
     with pytest.raises((RuntimeError, NotImplementedError)):  # the probe can fail: a host read does
         bool(x.sum() > 0)
+
+
+# ------------------------------------------------------------------ the exact fast paths themselves
+def _masked_max_by_definition(S, rho, lower):
+    """max{S_ij : rho_j < rho_i} (or >), -inf when none: the definition, with a bool mask."""
+    allowed = rho.unsqueeze(1) < rho.unsqueeze(2) if lower else rho.unsqueeze(1) > rho.unsqueeze(2)
+    return torch.where(allowed, S, float("-inf")).amax(dim=-1)
+
+
+@pytest.mark.parametrize("lower", [True, False])
+def test_masked_row_max_is_the_exact_qualifying_maximum(lower):
+    """The float-rank penalty keeps exactly the qualifying entries: equal to the definition (bit for bit)
+    on random and heavily tied densities, empty rows included; a perturbed rule (<= instead of <) differs."""
+    from llava_restore.reduction.anchors import NO_NEIGHBOUR, _masked_row_max
+
+    gen = torch.Generator().manual_seed(0)
+    differs = False
+    for trial in range(40):
+        B, M = 2, 1 + trial * 7
+        S = torch.rand(B, M, M, generator=gen) * 2 - 1  # any values in [-1, 1]
+        rho = torch.randint(0, 1 + trial % 5, (B, M), generator=gen).float() if trial % 2 else torch.randn(B, M, generator=gen)
+        want = _masked_max_by_definition(S, rho, lower)
+        got = _masked_row_max(S, rho, lower)
+        empty = torch.isinf(want)
+        assert torch.equal(got[~empty], want[~empty]), trial
+        assert bool((got[empty] < NO_NEIGHBOUR / 4).all()), trial
+        loose = rho.unsqueeze(1) <= rho.unsqueeze(2) if lower else rho.unsqueeze(1) >= rho.unsqueeze(2)
+        perturbed = torch.where(loose, S, float("-inf")).amax(dim=-1)
+        differs |= not torch.equal(perturbed, want)
+    assert differs, "no tie in rho ever mattered"
+
+
+def test_vispruner_scorer_paths_agree_with_the_block_maximum():
+    """Both exact ways of scoring A against B (whole rows + column mask; flat gather) give the maximum
+    over exactly the B columns, at every |B| either side of the switch."""
+    from llava_restore.reduction import vispruner as vp
+
+    gen = torch.Generator().manual_seed(1)
+    B, N = 3, 96
+    sim = cosine_matrix(torch.randn(B, N, 8, generator=gen))
+    scorer = vp._BScorer(sim)
+    for R in (N - 1, N // 2 + 3, N // 2, N // 4 + 1, 9, 2):
+        residual = torch.stack([torch.randperm(N, generator=gen)[:R] for _ in range(B)])
+        a_idx, b_idx = residual[:, 0::2], residual[:, 1::2]
+        want = torch.stack([sim[b][a_idx[b]][:, b_idx[b]].amax(dim=-1) for b in range(B)])
+        assert torch.equal(scorer(a_idx, b_idx), want), R
+
+
+def test_gather_rows_batched_noncontiguous_and_differentiable():
+    from llava_restore.reduction.common import gather_rows
+
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randn(3, 6, 10, generator=gen).transpose(1, 2).requires_grad_(True)  # (3, 10, 6), non-contiguous
+    idx = torch.stack([torch.randperm(10, generator=gen)[:4] for _ in range(3)])
+    got = gather_rows(x, idx)
+    want = torch.stack([x[b, idx[b]] for b in range(3)])
+    assert torch.equal(got, want)
+    got.sum().backward()
+    counts = torch.zeros(3, 10)
+    counts.scatter_add_(1, idx, torch.ones(3, 4))
+    assert torch.equal(x.grad, counts.unsqueeze(-1).expand(3, 10, 6))

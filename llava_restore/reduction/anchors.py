@@ -40,31 +40,29 @@ def _rule(name: str):
 
 
 NO_NEIGHBOUR = -1e30  # far below any cosine: "no token qualifies" in the masked maximum
-MAX_TOKENS = 1 << 22  # the masked maximum's float32 rank arithmetic is exact below this many tokens
+MAX_TOKENS = 1 << 20  # the masked maximum's float32 rank arithmetic is exact below this many tokens
 
 
 def _masked_row_max(S: torch.Tensor, rho: torch.Tensor, lower: bool) -> torch.Tensor:
-    """max{S_ij : rho_j < rho_i} (lower) or max{S_ij : rho_j > rho_i}, per row; NO_NEIGHBOUR or
-    below when no j qualifies.  S (B, M, M), rho (B, M) -> (B, M), the exact maximum of the same
-    entries.
+    """max{S_ij : rho_j < rho_i} (lower) or max{S_ij : rho_j > rho_i}, per row; below NO_NEIGHBOUR / 4
+    when no j qualifies.  S (B, M, M), rho (B, M) -> (B, M), the exact maximum of the same entries.
 
-    Float arithmetic only (no (B, M, M) bool mask: a broadcast comparison and a where over M^2 cost
+    Float arithmetic only: no (B, M, M) bool mask (a broadcast comparison and a where over M^2 cost
     ~3x a float add on a CPU).  With lo_j = #{l : rho_l < rho_j} (ties share it), rho_j < rho_i iff
-    lo_j < lo_i, i.e. lo_i - 1 >= lo_j.  With c = 1e30, u_i = (lo_i - 1) c and v_j = lo_j c, rounding
-    is monotone, so min(u_i - v_j, 0) is exactly 0 where j qualifies; elsewhere lo_i - 1 < lo_j and
-    it is <= -c / 2 (ranks are integers below 2^22 = MAX_TOKENS, so each rounded product is within
-    c / 4 of the exact one).  So
-    S + min(u_i - v_j, 0) keeps the qualifying entries exactly and sinks the rest below every cosine."""
+    lo_i - lo_j >= 1.  Let c = 1e30, P_ij = u_i - v_j with u_i = (lo_i - 1/2) c, v_j = lo_j c: the
+    ranks are integers below MAX_TOKENS = 2^20, so u_i and v_j are each within c / 16 of exact and
+    P_ij is >= 3c / 8 where j qualifies and <= -3c / 8 where it does not.  min(S_ij, P_ij) is then S_ij exactly
+    or at most -3c / 8, and its row maximum is the qualifying maximum, or marks an empty row."""
     if rho.shape[-1] >= MAX_TOKENS:
         raise ValueError(f"anchor selection: M={rho.shape[-1]} tokens; the density-peaks rules take < {MAX_TOKENS}")
     asc = torch.sort(rho, dim=-1).values  # (B, M)
     lo = torch.searchsorted(asc, rho, right=not lower).float()  # (B, M) #{rho < rho_i} or #{rho <= rho_i}
-    u, v = (lo - 1.0) * -NO_NEIGHBOUR, lo * -NO_NEIGHBOUR  # (B, M)
+    u, v = (lo - 0.5) * -NO_NEIGHBOUR, lo * -NO_NEIGHBOUR  # (B, M)
     if lower:
-        gap = u.unsqueeze(2) - v.unsqueeze(1)  # (B, M, M) [i, j]: >= 0 iff lo_i - 1 >= lo_j
-    else:  # rho_j > rho_i iff hi_j - 1 >= hi_i with hi = #{rho <= .}
-        gap = u.unsqueeze(1) - v.unsqueeze(2)
-    return gap.clamp_(max=0.0).add_(S).amax(dim=-1)
+        P = u.unsqueeze(2) - v.unsqueeze(1)  # (B, M, M) [i, j] > 0 iff lo_i - lo_j >= 1
+    else:  # rho_j > rho_i iff hi_j - hi_i >= 1 with hi = #{rho <= .}
+        P = u.unsqueeze(1) - v.unsqueeze(2)
+    return torch.minimum(P, S, out=P).amax(dim=-1)
 
 
 def _density_peaks(S: torch.Tensor, k: int, lower: bool) -> torch.Tensor:
