@@ -16,6 +16,11 @@
 set -u
 OUT=${OUT:-runs/gpu_suite}
 PY=${PYTHON:-python3}
+if ! $PY -c "import torch, llava_restore" 2> /dev/null; then
+  echo "gpu_suite: '$PY' cannot import torch and llava_restore; activate the project's venv (. .venv/bin/activate)" \
+       "or set PYTHON=/path/to/python" >&2
+  exit 2
+fi
 MODE=gpu
 [ "${1:-}" = "--cpu" ] && MODE=cpu
 $PY -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)" || MODE=cpu
