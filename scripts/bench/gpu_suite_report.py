@@ -85,7 +85,10 @@ def main(argv=None) -> str:
     # ---------------------------------------------------------------- target ratios
     rvp = eff["restore_vs_plain"] if eff else []
     rows = {r["name"]: r for r in eff["rows"]} if eff else {}
-    worst = max(rvp, key=lambda r: r["restore_over_plain_time"]) if rvp else None
+    def both(r):  # the larger of the two estimators: the ratio of the medians and the paired median
+        return max(r["restore_over_plain_time"], r.get("restore_over_plain_paired", r["restore_over_plain_time"]))
+
+    worst = max(rvp, key=both) if rvp else None
     n64 = [r for r in eff["rows"] if r["n_vis"] == 64 and r["method"] != "full"] if eff else []
     share64 = min(n64, key=lambda r: r["speedup"] / r["flop_speedup_limit"]) if n64 else None
     att_lines, best = attention_rows(att)
@@ -105,9 +108,9 @@ def main(argv=None) -> str:
         verdict = _ok(good) if args.mode == "gpu" else "(CPU value)"
         md.append(f"| {name} | {val:.3f} | {'>=' if ge else '<='} {bound} | {verdict} |")
 
-    line(f"1. RESTORE prefill / plain pruning, worst of {len(rvp)} (method, n)"
-         + (f": {worst['method']} n={worst['n_vis']}" if worst else ""),
-         worst["restore_over_plain_time"] if worst else None, GPU_TARGETS["restore_over_plain"])
+    line(f"1. RESTORE prefill / plain pruning, worst of {len(rvp)} (method, n), the larger of the ratio of the "
+         "medians and the paired median" + (f": {worst['method']} n={worst['n_vis']}" if worst else ""),
+         both(worst) if worst else None, GPU_TARGETS["restore_over_plain"])
     line("2. calibrated attention / plain causal SDPA at L~650 (best exact candidate"
          + (f": {best[long_shape][0]})" if long_shape else ")"),
          best[long_shape][1] if long_shape else None, GPU_TARGETS["attention_over_plain_650"])
