@@ -4,7 +4,7 @@ n_imp = floor(k * important_ratio) tokens with the highest CLS attention a are k
 others, ordered by a descending, form the residual R.  While |R| > n_div = k - n_imp: split R
 alternately (even positions = A, odd = B), score each A token by its max cosine similarity to B
 (pre-projector features), drop the r = min(step, |R| - n_div) highest-scoring A tokens; the new
-residual is the surviving A tokens in ascending-score order of that sort (i.e. the reference's
+residual is the surviving A tokens in descending-score order (the reference's
 ``argsort(descending)[r:]``) followed by B.  Ties -> lowest index everywhere.
 """
 from __future__ import annotations
@@ -16,8 +16,6 @@ from .common import argsort_desc, complement, cosine_matrix, floor_fraction
 from .registry import register_reducer
 
 DROP_PER_STEP = 8  # the reference drops at most 8 A tokens per round
-
-
 BLOCK_FRACTION = 4  # score by whole rows while |B| > N / BLOCK_FRACTION (see _BScorer)
 OUTSIDE_B = -1e30  # added to the cosines of the tokens outside B: below every cosine
 
@@ -35,7 +33,7 @@ class _BScorer:
     def __init__(self, sim: torch.Tensor):
         B, N, _ = sim.shape
         self.B, self.N = B, N
-        self.flat, self.rows = sim.view(B, N * N), sim.view(B * N, N)  # flat[a * N + b]; rows[b * N + a]
+        self.flat, self.rows = sim.view(B, N * N), sim.view(B * N, N)  # flat[s, a * N + b]; rows[s * N + a]
         self.offset = None if B == 1 else torch.arange(B, device=sim.device).unsqueeze(1) * N  # (B, 1)
         self.on_b = torch.empty(B, 1, N, dtype=sim.dtype, device=sim.device)
 
