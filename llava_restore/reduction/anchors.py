@@ -68,7 +68,7 @@ def _masked_row_max(S: torch.Tensor, rho: torch.Tensor, lower: bool) -> torch.Te
 def _density_peaks(S: torch.Tensor, k: int, lower: bool) -> torch.Tensor:
     """S (B, M, M) cosine -> (B, k) anchors by rho * delta."""
     rho = S.sum(dim=-1)  # (B, M)
-    nearest = _masked_row_max(S, rho, lower)  # (B, M), NO_NEIGHBOUR when none
+    nearest = _masked_row_max(S, rho, lower)  # (B, M), below NO_NEIGHBOUR / 4 when none
     if lower:
         fallback = torch.ones_like(rho)  # lowest-density token: delta = 1
     else:

@@ -60,16 +60,16 @@ def main(argv=None):
     ap.add_argument("--n-vis", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=40)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--conv-mode", default="vicuna_v1", help="as analysis.efficiency's --conv-mode")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     from llava_restore.model.builder import load_pretrained_model  # noqa: PLC0415
 
     tok, model, proc, _ = load_pretrained_model(args.model_path, device="cpu", torch_dtype=torch.float32)
     model.eval()
-    ids, mask, pixels = prompt_batch(tok, proc, model, args.question_file, args.image_folder, 1, "vicuna_v1",
+    ids, mask, pixels = prompt_batch(tok, proc, model, args.question_file, args.image_folder, 1, args.conv_mode,
                                      torch.device("cpu"))[:3]
-    stage_b = MemoisedStageB(base.anchor_merge)
-    kinds = {"restore": None, "no-anchor": stage_b.replay, "gemm-only": stage_b.gemm_only}
+    kinds = ("restore", "no-anchor", "gemm-only")
     print(f"# RESTORE overhead over plain pruning at n={args.n_vis} ({args.model_path}, {args.threads} thread(s), "
           f"process clock, median of {args.repeats} per-repeat ratios)\n")
     print("| method | plain ms | RESTORE / plain | no Stage-B selection / plain | + its M x M x D matmul only / plain |")
@@ -77,14 +77,16 @@ def main(argv=None):
     with torch.inference_mode():
         for method in [m for m in args.methods.split(",") if m]:
             plain_v, restore_v = make_variants([method], [args.n_vis], [False, True], [])[1:]
+            stage_b = MemoisedStageB(base.anchor_merge)  # one per method: its own Stage-B result is replayed
+            stand_ins = {"restore": None, "no-anchor": stage_b.replay, "gemm-only": stage_b.gemm_only}
 
             def prefill(cfg):
                 return model(ids, mask, pixels, reduction=cfg, use_cache=True, padding_side="left")
 
-            jobs = [("plain", plain_v.cfg, None)] + [(k, restore_v.cfg, f) for k, f in kinds.items()]
+            jobs = [("plain", plain_v.cfg, None)] + [(k, restore_v.cfg, f) for k, f in stand_ins.items()]
             times = {name: [] for name, _, _ in jobs}
             for r in range(args.repeats + 3):
-                for name, cfg, fn in jobs[r % 4:] + jobs[:r % 4]:
+                for name, cfg, fn in jobs[r % len(jobs):] + jobs[:r % len(jobs)]:  # rotate the order
                     with mock.patch.object(base, "anchor_merge", fn) if fn else contextlib.nullcontext():
                         t = time.process_time()
                         prefill(cfg)
