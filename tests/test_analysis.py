@@ -175,3 +175,38 @@ def test_paired_ratios_cancel_a_slow_phase():
     assert r["restore_over_plain_paired"] == pytest.approx(1.10) and r["restore_over_plain_q1"] == pytest.approx(1.10)
     (v,) = reduction_vs_first(rows)
     assert (v["method"], v["reference"]) == ("vispruner", "divprune") and v["paired"] == pytest.approx(3.0)
+
+
+def test_efficiency_on_random_weights_of_a_shape(monkeypatch, tmp_path):
+    """``--shape`` (the GPU suite's 7B prefill table) end to end, on a registered shape small enough
+    for a CPU: the random model builds in the asked dtype, every configuration runs, the rows carry
+    the FLOP limits and RESTORE's anchor FLOPs, and the report is written."""
+    from llava_restore.analysis import efficiency, random_model
+
+    tiny = dict(text=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                          num_key_value_heads=4, head_dim=16, vocab_size=256, rms_norm_eps=1e-5),
+                vision=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=2,
+                            image_size=56, patch_size=7, projection_dim=32))
+    monkeypatch.setitem(random_model.SHAPES, "tiny-test", tiny)
+    model = random_model.build_random_llava("tiny-test", dtype=torch.bfloat16, layers=1, vision_layers=2)
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    assert model.config.text.num_hidden_layers == 1 and model.get_vision_tower().num_patches == 64
+    with pytest.raises(ValueError, match="unknown --shape 'llava-3b'; known: .*llava-7b"):
+        random_model.build_random_llava("llava-3b")
+    with pytest.raises(SystemExit, match=r"^error: --shape tiny-test: vision_layers=1: .* at least 2$"):
+        efficiency.main(["--shape", "tiny-test", "--vision-layers", "1", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit, match=r"^error: --shape tiny-test: layers=0: "):  # 0 must not mean "all"
+        efficiency.main(["--shape", "tiny-test", "--layers", "0", "--out", str(tmp_path)])
+    out = efficiency.main(["--shape", "tiny-test", "--methods", "divprune,vispruner,holov", "--n-vis", "16",
+                           "--repeats", "1", "--warmup", "0", "--device", "cpu", "--dtype", "bfloat16",
+                           "--out", str(tmp_path)])
+    names = [r["name"] for r in out["rows"]]
+    assert names == ["full"] + [f"{m}-n16{s}" for m in ("divprune", "vispruner", "holov") for s in ("", "-restore")]
+    N, D = 64, 64
+    for r in out["rows"][1:]:
+        assert r["seq_len"] == out["rows"][0]["seq_len"] - (N - 16)
+        assert r["anchor_flops"] == (2 * (N - 8) ** 2 * D if r["restore"] else 0)
+        assert r["flop_speedup_limit"] > 1 and r["prefill_ms"] > 0
+    assert [r["method"] for r in out["restore_vs_plain"]] == ["divprune", "vispruner", "holov"]
+    assert out["meta"]["dtype"] == "bfloat16" and "tiny-test" in out["meta"]["model"]
+    assert (tmp_path / "efficiency.md").read_text().startswith("# Prefill efficiency: random weights, shape tiny-test")

@@ -355,8 +355,11 @@ def main(argv=None) -> dict:
     if args.shape:
         from .random_model import build_random_llava  # noqa: PLC0415
 
-        model = build_random_llava(args.shape, device=device, dtype=dtype, layers=args.layers,
-                                   vision_layers=args.vision_layers)
+        try:
+            model = build_random_llava(args.shape, device=device, dtype=dtype, layers=args.layers,
+                                       vision_layers=args.vision_layers)
+        except ValueError as err:  # an unknown shape or a layer count it cannot have: one line, no traceback
+            raise SystemExit(f"error: --shape {args.shape}: {err}") from None
         batch = synthetic_batch(model, args.batch_size, args.prefix_len, args.suffix_len, device)
         source = f"random weights, shape {args.shape}" + (f", {args.layers} layers" if args.layers else "")
     else:

@@ -72,8 +72,11 @@ def main(argv=None) -> dict:
         model = load_pretrained_model(args.model_path, device=str(dev), torch_dtype=dtype)[1].eval()
         source = args.model_path
     else:
-        model = build_random_llava(args.shape, device=dev, dtype=dtype, layers=args.layers,
-                                   vision_layers=args.vision_layers)
+        try:
+            model = build_random_llava(args.shape, device=dev, dtype=dtype, layers=args.layers,
+                                       vision_layers=args.vision_layers)
+        except ValueError as err:  # an unknown shape or a layer count it cannot have: one line, no traceback
+            raise SystemExit(f"error: --shape {args.shape}: {err}") from None
         source = f"{args.shape} random weights ({args.layers or 'all'} layers)"
     size = model.get_vision_tower().config.image_size
     ids = prompts(max(args.batch_sizes) + args.n, model.config.text.vocab_size)
