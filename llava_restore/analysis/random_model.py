@@ -44,11 +44,9 @@ def build_random_llava(shape: str, device="cpu", dtype=torch.float32, layers: in
     """A random-weight model of ``shape`` (``layers`` / ``vision_layers`` shrink it for smoke runs)."""
     if shape not in SHAPES:
         raise ValueError(f"unknown --shape {shape!r}; known: {sorted(SHAPES)}")
-    if layers is not None and layers < 1:
-        raise ValueError(f"layers={layers}: the decoder needs at least 1 layer")
-    if vision_layers is not None and vision_layers < 2:
-        raise ValueError(f"vision_layers={vision_layers}: LLaVA-1.5 reads the second-to-last vision layer "
-                         "(mm_vision_select_layer -2), so the tower needs at least 2")
+    for name, count in (("layers", layers), ("vision_layers", vision_layers)):
+        if count is not None and count < 1:  # 0 must not mean "the real count"
+            raise ValueError(f"{name}={count}: give at least 1 (or leave it unset for the real count)")
     spec = SHAPES[shape]
     text = TextConfig(**{**spec["text"], **({"num_hidden_layers": layers} if layers else {})})
     vkw = {**spec["vision"], **({"num_hidden_layers": vision_layers} if vision_layers else {})}
