@@ -203,7 +203,7 @@ def test_efficiency_on_random_weights_of_a_shape(monkeypatch, tmp_path):
                            "--out", str(tmp_path)])
     names = [r["name"] for r in out["rows"]]
     assert names == ["full"] + [f"{m}-n16{s}" for m in ("divprune", "vispruner", "holov") for s in ("", "-restore")]
-    N, D = 64, 64
+    N, D = model.get_vision_tower().num_patches, tiny["text"]["hidden_size"]  # 64 patches, width 64
     for r in out["rows"][1:]:
         assert r["seq_len"] == out["rows"][0]["seq_len"] - (N - 16)
         assert r["anchor_flops"] == (2 * (N - 8) ** 2 * D if r["restore"] else 0)
