@@ -25,12 +25,17 @@ import argparse
 import json
 import math
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from llava_restore.model.attention import AttnContext, _flex_parts, attention, sdpa_kernels
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))  # the checkout, installed or not
+
+from llava_restore.model.attention import AttnContext, _flex_parts, attention, sdpa_kernels  # noqa: E402
 
 SHAPES = [  # (label, prefix, n_vis, suffix, heads, head_dim, layers)
     ("7B n=64", 35, 64, 40, 32, 128, 32),

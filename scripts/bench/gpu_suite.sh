@@ -3,6 +3,7 @@
 # LLaVA-1.5-7B shape), one markdown report with the issue's four GPU target ratios at the top.
 #   OUT=runs/gpu_suite bash scripts/bench/gpu_suite.sh            # on a GPU machine (repo root)
 #   OUT=runs/gpu_suite_cpu bash scripts/bench/gpu_suite.sh --cpu  # the CPU fallback (also used without CUDA)
+#   WHEELS=.whl OUT=... bash scripts/bench/gpu_suite.sh             # no package index there (see below)
 # GPU: 1. prefill latency, full vs DivPrune / VisPruner / HoloV at 64 / 128 / 192, RESTORE off/on, next to
 #      the FLOP limit, with the reduction's and Stage-B anchor selection's own times (analysis/efficiency.py,
 #      llava-7b random weights, bf16);  2. the attention bench at 7B heads for L = 139 and 651, bf16, per
@@ -13,12 +14,27 @@
 # CPU fallback: the same sections on the playground model (the issue's CPU targets: process clock, one
 #      thread), the attention bench at 7B heads in fp32, the playground's throughput; titled a CPU run.
 # Writes $OUT/gpu_suite.md (and the raw json / md / log beside it).
+# On a machine with no package index whose Python lacks some of the project's imports:
+# WHEELS=DIR (wheels made by scripts/bench/gpu_wheels.sh) installs them into a temporary --target folder
+# put on PYTHONPATH; the machine's own Python is left as it is.
 set -u
 OUT=${OUT:-runs/gpu_suite}
 PY=${PYTHON:-python3}
-if ! $PY -c "import torch, llava_restore" 2> /dev/null; then
-  echo "gpu_suite: '$PY' cannot import torch and llava_restore; activate the project's venv (. .venv/bin/activate)" \
-       "or set PYTHON=/path/to/python" >&2
+REPO=$(cd "$(dirname "$0")/../.." && pwd)
+cd "$REPO"
+export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"  # this checkout, whether it is pip-installed there or not
+if [ -n "${WHEELS:-}" ]; then
+  ls "$WHEELS"/*.whl > /dev/null 2>&1 || { echo "gpu_suite: WHEELS=$WHEELS holds no .whl file" >&2; exit 2; }
+  SITE=$(mktemp -d)
+  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$SITE" "$WHEELS"/*.whl \
+    || { echo "gpu_suite: could not install the wheels in $WHEELS" >&2; exit 2; }
+  export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
+fi
+# every module the sections import, so a missing package stops the suite here, in one line, not in each section
+if ! err=$($PY -c "import torch, transformers, llava_restore.analysis.efficiency, llava_restore.eval.generate" 2>&1); then
+  echo "gpu_suite: '$PY' cannot import what the suite needs: $(printf '%s' "$err" | tail -1)" >&2
+  echo "  activate the project's venv (. .venv/bin/activate), set PYTHON=/path/to/python, or, on a machine" \
+       "without a package index, make wheels with scripts/bench/gpu_wheels.sh and pass WHEELS=.whl" >&2
   exit 2
 fi
 MODE=gpu

@@ -14,13 +14,18 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
 
-from llava_restore.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
-from llava_restore.playground.train import PlaygroundTrainConfig
-from llava_restore.tools.make_tiny import build_tiny
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))  # the checkout, installed or not
+
+from llava_restore.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX  # noqa: E402
+from llava_restore.playground.train import PlaygroundTrainConfig  # noqa: E402
+from llava_restore.tools.make_tiny import build_tiny  # noqa: E402
 
 
 def main(argv=None):

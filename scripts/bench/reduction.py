@@ -18,16 +18,21 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
 
-from llava_restore.analysis.flops import LlamaDims, inllm_score_flops, llm_prefill_flops, llm_prefill_flops_layers
-from llava_restore.model.attention import AttnContext
-from llava_restore.model.config import TextConfig
-from llava_restore.model.llama import LlamaDecoder
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))  # the checkout, installed or not
 
-from llava_restore.reduction import (
+from llava_restore.analysis.flops import LlamaDims, inllm_score_flops, llm_prefill_flops, llm_prefill_flops_layers  # noqa: E402
+from llava_restore.model.attention import AttnContext  # noqa: E402
+from llava_restore.model.config import TextConfig  # noqa: E402
+from llava_restore.model.llama import LlamaDecoder  # noqa: E402
+
+from llava_restore.reduction import (  # noqa: E402
     ANCHOR_RULES,
     anchor_merge,
     divprune_select,
@@ -38,8 +43,8 @@ from llava_restore.reduction import (
     vispruner_select,
     visionzip_partition,
 )
-from llava_restore.reduction.config import make_reduction_config
-from llava_restore.reduction.inllm import build_state
+from llava_restore.reduction.config import make_reduction_config  # noqa: E402
+from llava_restore.reduction.inllm import build_state  # noqa: E402
 
 
 def timed(fn, repeats: int, device: str) -> float:

@@ -14,15 +14,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
+from pathlib import Path
 
 import torch
 
-from llava_restore.analysis.random_model import build_random_llava
-from llava_restore.constants import IMAGE_TOKEN_INDEX
-from llava_restore.model.attention import sdpa_kernels
-from llava_restore.model.mm_utils import pad_sequences
-from llava_restore.reduction.cli import add_reduction_args, reduction_config_from_args
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))  # the checkout, installed or not
+
+from llava_restore.analysis.random_model import build_random_llava  # noqa: E402
+from llava_restore.constants import IMAGE_TOKEN_INDEX  # noqa: E402
+from llava_restore.model.attention import sdpa_kernels  # noqa: E402
+from llava_restore.model.mm_utils import pad_sequences  # noqa: E402
+from llava_restore.reduction.cli import add_reduction_args, reduction_config_from_args  # noqa: E402
 
 PREFIX = 35  # tokens before the image in LLaVA-1.5's vicuna_v1 prompt
 SUFFIX = (20, 40)  # question lengths, tokens after the image
