@@ -4,9 +4,9 @@
 #   bash scripts/bench/gpu_wheels.sh [DIR]          # default DIR: .whl (ignored by git)
 # then, there:  WHEELS=.whl bash scripts/bench/gpu_suite.sh   (the suite installs them into a temporary
 # --target folder and puts it on PYTHONPATH; nothing is installed into the machine's own Python).
-# The list: the project's runtime imports that the lent machine's image does not hold (its package list,
-# /work/.library/device/KINDS.md, read 2026-11-17: torch, transformers, tokenizers, safetensors, peft,
-# einops, tensorboard, numpy, pillow, tqdm, sentencepiece and PyYAML are there; omegaconf is not).
+# The list: the project's runtime imports that the lent H200 image does not hold (its package list as read
+# on 2026-11-17: torch, transformers, tokenizers, safetensors, peft, einops, tensorboard, numpy, pillow,
+# tqdm, sentencepiece and PyYAML are there; omegaconf is not).
 # Versions: the ones this checkout's venv runs, so the GPU run uses what the tests used.
 set -eu
 DIR=${1:-.whl}
