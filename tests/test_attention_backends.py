@@ -99,3 +99,54 @@ def test_sdpa_kernel_choices_keep_the_cpu_result_and_reject_unknown_names():
     assert set(SDPA_KERNELS) >= {"auto", "no-cudnn", "cudnn"}
     with pytest.raises(ValueError, match=r"unknown SDPA kernel 'cudn'.*no-cudnn"):
         sdpa_kernels("cudn")
+
+
+def _bias_by_definition(ctx, layer, key_shift=0.0):
+    """where(allowed, [log(c - D(p_i - p_j)) (float64, rounded once) x scope], -inf) + log s_j: the
+    dense bias of spec §5 from its definition (distance_bias is the elementwise formula)."""
+    qp, kp = ctx.query_pos.double(), ctx.key_pos.double() + key_shift
+    Lq, Lk = ctx.q_len, ctx.k_len
+    qi = torch.arange(Lq)[:, None] + (Lk - Lq)
+    kj = torch.arange(Lk)[None, :]
+    allowed = (kj <= qi)[None] & (ctx.key_valid[:, None, :] | (kj == qi)[None])  # (B, Lq, Lk)
+    dist = torch.zeros(allowed.shape)
+    if ctx.distance:
+        dist = distance_bias(qp[:, :, None] - kp[:, None, :], ctx.rope_theta, ctx.head_dim, ctx.c).float()
+        if ctx.distance_keys is not None:
+            dist = dist * ctx.distance_keys[:, None, :]
+    bias = torch.where(allowed, dist, float("-inf"))
+    size = ctx.size_bias(layer)
+    return bias if size is None else bias + size[:, None, :]
+
+
+@pytest.mark.parametrize("Lq,Lk", [(40, 40), (1, 41), (5, 45), (64, 64), (65, 65)])
+@pytest.mark.parametrize("pad,fractional", [((0, 0), False), ((0, 3), False), ((0, 0), True)])
+@pytest.mark.parametrize("size,dist,scope_visual", [(True, True, False), (False, True, False), (True, False, False),
+                                                    (True, True, True)])
+def test_dense_bias_is_the_definition_bit_for_bit(Lq, Lk, pad, fractional, size, dist, scope_visual):
+    """The sdpa/eager bias against its definition, every path: prefill and decode, no padding (the
+    causal mask read from the offset table), padding, fractional positions (position_rep=mean), the
+    term on visual keys only; spans at and past a power of two (64 / 65 keys without the gap)."""
+    for gap in (0, 40):
+        ctx = _ctx(2, Lq, Lk, "sdpa", size=size, dist=dist, scope_visual=scope_visual, pad_left=pad)
+        ctx.key_pos[:, 10:] += gap - 40
+        if fractional:
+            ctx.key_pos[:, 7] += 0.5
+        ctx.query_pos = ctx.key_pos[:, Lk - Lq:]
+        for layer in (0, 1):
+            got = ctx.dense_bias(layer, torch.float32)[:, 0]  # (B, Lq, Lk)
+            assert torch.equal(got, _bias_by_definition(ctx, layer)), (gap, layer)
+            if dist:  # the keys' positions one off: the table must be read at the right offset
+                assert not torch.equal(got, _bias_by_definition(ctx, layer, key_shift=1.0))
+
+
+def test_offset_table_width_covers_the_span_and_is_shared():
+    from llava_restore.model.attention import offset_half_width, offset_table
+
+    for span in (0, 1, 2, 3, 63, 64, 65, 700, 1023, 1024):
+        half = offset_half_width(span)
+        assert half > span and half & (half - 1) == 0 and (half // 2 <= max(span, 1))
+    t = offset_table(offset_half_width(100), 10000.0, 32, 2.0, torch.device("cpu"))
+    assert t is offset_table(offset_half_width(120), 10000.0, 32, 2.0, torch.device("cpu"))  # memoised, shared
+    d = torch.arange(-128, 129, dtype=torch.float64)
+    assert torch.equal(t[:-1], distance_bias(d, 10000.0, 32, 2.0).float()) and t[-1] == float("-inf")

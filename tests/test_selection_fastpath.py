@@ -328,3 +328,38 @@ def test_gather_rows_batched_noncontiguous_and_differentiable():
     counts = torch.zeros(3, 10)
     counts.scatter_add_(1, idx, torch.ones(3, 4))
     assert torch.equal(x.grad, counts.unsqueeze(-1).expand(3, 10, 6))
+
+
+def _scatter_sums(x, group, n_groups):
+    """The group sums as build_result, group_sums and SparseVLM's cluster means computed them before
+    ``row_sums``: one scatter_add_ along N with an expanded (B, N, D) index."""
+    B, N, D = x.shape
+    sums = torch.zeros(B, n_groups, D, dtype=torch.float32)
+    sums.scatter_add_(1, group.unsqueeze(-1).expand(B, N, D), x.float())
+    return sums
+
+
+def test_row_sums_equals_the_scatter_add_bit_for_bit():
+    """Same sums, same bits (features spanning 6 decades, so the order of the additions shows), batched,
+    from bf16 and from a non-contiguous input, with gradients; summing in reverse order must differ."""
+    from llava_restore.reduction.common import row_sums
+
+    differs = False
+    for seed in range(12):
+        gen = torch.Generator().manual_seed(seed)
+        B, N, D, n = 1 + seed % 3, (16, 576, 300)[seed % 3], (8, 128, 33)[seed % 3], (1, 5, 65)[seed % 3]
+        x = torch.randn(B, N, D, generator=gen) * torch.logspace(-3, 3, N).view(1, N, 1)
+        group = torch.randint(0, n, (B, N), generator=gen)
+        assert torch.equal(row_sums(x, group, n), _scatter_sums(x, group, n)), seed
+        rev = _scatter_sums(x.flip(1), group.flip(1), n)  # the same additions, last token first
+        differs |= not torch.equal(rev, _scatter_sums(x, group, n))
+    assert differs, "the inputs never made the order of the additions visible"
+    xb = torch.randn(2, 40, 6, generator=gen).to(torch.bfloat16)
+    g = torch.randint(0, 7, (2, 40), generator=gen)
+    assert torch.equal(row_sums(xb, g, 7), _scatter_sums(xb, g, 7))
+    xt = torch.randn(2, 6, 40, generator=gen).transpose(1, 2).requires_grad_(True)  # (2, 40, 6) non-contiguous
+    got = row_sums(xt, g, 7)
+    assert torch.equal(got, _scatter_sums(xt.detach(), g, 7))
+    w = torch.randn(2, 7, 6, generator=gen)
+    (got * w).sum().backward()
+    assert torch.equal(xt.grad, w.gather(1, g.unsqueeze(-1).expand(2, 40, 6)))

@@ -119,23 +119,40 @@ class AttnContext:
                 bias = bias * self.distance_keys[:, None, :]
             self._dense["dist"] = bias
         if "dist" not in self._dense:
-            qp, kp = self.query_pos, self.key_pos  # (B, Lq), (B, Lk) float
-            qi, ki = qp.int(), kp.int()
-            if bool(torch.logical_and((qi == qp).all(), (ki == kp).all())):
-                # integer positions: one table over every offset that occurs, read by index (float32);
-                # int32 offsets and index_select: half the bytes of int64 + take, ~2x faster on a CPU
-                q_lo, q_hi, k_lo, k_hi = torch.stack([qi.min(), qi.max(), ki.min(), ki.max()]).tolist()
-                lo, hi = q_lo - k_hi, q_hi - k_lo
-                table = distance_table(lo, hi, self.rope_theta, self.head_dim, self.c, qp.device)
-                offset = (qi - lo)[:, :, None] - ki[:, None, :]  # (B, Lq, Lk) int32 in [0, hi - lo]
+            ints = self._integer_offsets()
+            if ints is not None:  # integer positions: the table read by index
+                table, offset = ints
                 bias = table.index_select(0, offset.view(-1)).view(offset.shape)
             else:
-                qd, kd = qp.double(), kp.double()
+                qd, kd = self.query_pos.double(), self.key_pos.double()
                 bias = distance_bias(qd[:, :, None] - kd[:, None, :], self.rope_theta, self.head_dim, self.c).float()
             if self.distance_keys is not None:
                 bias = bias * self.distance_keys[:, None, :]
             self._dense["dist"] = bias
         return self._dense["dist"]
+
+    def _integer_offsets(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(table, offset) when every 1-D position is an integer, else None.  table: ``offset_table``
+        (float32, log(c - D(d)) for d = -half..half, then -inf); offset (B, Lq, Lk) int32: the index of
+        p_i - p_j in it.  One host read: the position range and the count of fractional positions.
+        In prefill (Lq == Lk) the queries are the keys, so only the key positions are read."""
+        kp = self.key_pos
+        ki = kp.int()  # (B, Lk)
+        if self.q_len == self.k_len:
+            qi = ki
+            stats = torch.stack([*torch.aminmax(ki), (ki != kp).sum(dtype=torch.int32)])
+        else:
+            qi = self.query_pos.int()  # (B, Lq)
+            stats = torch.stack([*torch.aminmax(ki), *torch.aminmax(qi),
+                                 (ki != kp).sum(dtype=torch.int32) + (qi != self.query_pos).sum(dtype=torch.int32)])
+        k_lo, k_hi, *rest = stats.tolist()
+        q_lo, q_hi, n_frac = (k_lo, k_hi, rest[0]) if self.q_len == self.k_len else rest
+        if n_frac:
+            return None
+        half = offset_half_width(max(q_hi - k_lo, k_hi - q_lo))
+        table = offset_table(half, self.rope_theta, self.head_dim, self.c, kp.device)
+        offset = (qi + half)[:, :, None] - ki[:, None, :]  # (B, Lq, Lk) int32 in [0, 2 half]
+        return table, offset
 
     @property
     def all_keys_valid(self) -> bool:
@@ -147,16 +164,25 @@ class AttnContext:
     def _masked_distance(self) -> torch.Tensor:
         """(B, Lq, Lk) float32: the distance term (0 when off) where allowed, -inf elsewhere; once per forward."""
         if "masked" not in self._dense:
-            dist = self.distance_bias()
-            if self.all_keys_valid:  # the causal mask as 0 / -inf, added: cheaper than a where on a CPU
-                future = torch.full((1, self.q_len, self.k_len), NEG_INF, device=self.key_valid.device)
-                future.triu_(self.k_len - self.q_len + 1)  # (1, Lq, Lk): -inf where kj > qi + off
-                self._dense["masked"] = future if dist is None else dist + future
-            else:
-                allowed = self.allowed()
-                fill = torch.zeros((), dtype=torch.float32, device=allowed.device) if dist is None else dist
-                self._dense["masked"] = torch.where(allowed, fill, NEG_INF)
+            self._dense["masked"] = self._build_masked()
         return self._dense["masked"]
+
+    def _build_masked(self) -> torch.Tensor:
+        dev = self.key_valid.device
+        if self.all_keys_valid and not self.distance:  # the causal mask alone, as 0 / -inf
+            return torch.full((1, self.q_len, self.k_len), NEG_INF, device=dev).triu_(self.k_len - self.q_len + 1)
+        if self.all_keys_valid:
+            future = future_keys(self.q_len, self.k_len, dev)  # (1, Lq, Lk) bool: kj > qi + off
+            if self.distance_keys is None and self.mrope_section is None:
+                ints = self._integer_offsets()
+                if ints is not None:  # the causal mask read from the table too: its last entry is -inf
+                    table, offset = ints
+                    offset.masked_fill_(future, table.numel() - 1)
+                    return table.index_select(0, offset.view(-1)).view(offset.shape)
+            return self.distance_bias().masked_fill(future, NEG_INF)
+        dist = self.distance_bias()
+        fill = torch.zeros((), dtype=torch.float32, device=dev) if dist is None else dist
+        return torch.where(self.allowed(), fill, NEG_INF)
 
     def dense_bias(self, layer_idx: int, dtype: torch.dtype) -> torch.Tensor:
         """(B, 1, Lq, Lk) additive bias incl. the mask (-inf where not allowed), in ``dtype``: summed in
@@ -177,6 +203,38 @@ def distance_table(lo: int, hi: int, rope_theta: float, head_dim: int, c: float,
     function of its arguments, reused by every forward with the same offsets; callers only read it."""
     d = torch.arange(lo, hi + 1, device=device, dtype=torch.float64)
     return distance_bias(d, rope_theta, head_dim, c).float()
+
+
+def offset_half_width(span: int) -> int:
+    """The half width of the offset table that covers |p_i - p_j| <= span: the next power of two, so
+    prompts of nearby lengths share one memoised table."""
+    return 1 << max(span, 1).bit_length()
+
+
+@lru_cache(maxsize=16)
+def offset_table(half: int, rope_theta: float, head_dim: int, c: float, device: torch.device) -> torch.Tensor:
+    """(2 half + 2,) float32: ``distance_table(-half, half)`` and then -inf (index 2 half + 1), the value
+    of a masked pair.  Memoised like ``distance_table``; callers only read it."""
+    table = distance_table(-half, half, rope_theta, head_dim, c, device)
+    return torch.cat([table, table.new_full((1,), NEG_INF)])
+
+
+FUTURE_CACHE_MAX = 1 << 20  # memoise causal masks of up to this many (Lq x Lk) entries (1 MiB of bool)
+
+
+def future_keys(q_len: int, k_len: int, device: torch.device) -> torch.Tensor:
+    """(1, Lq, Lk) bool, True where key j comes after query i (j > i + Lk - Lq).  Memoised per shape
+    up to FUTURE_CACHE_MAX entries, the last 32 shapes (an eval sees few prompt lengths); callers only read it."""
+    if q_len * k_len > FUTURE_CACHE_MAX:
+        return _future_keys_uncached(q_len, k_len, device)
+    return _future_keys_cached(q_len, k_len, device)
+
+
+def _future_keys_uncached(q_len: int, k_len: int, device: torch.device) -> torch.Tensor:
+    return torch.ones(q_len, k_len, dtype=torch.bool, device=device).triu_(k_len - q_len + 1)[None]
+
+
+_future_keys_cached = lru_cache(maxsize=32)(_future_keys_uncached)  # at most 32 MiB
 
 
 def _repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:  # (B, Hkv, L, d) -> (B, Hkv*n_rep, L, d)

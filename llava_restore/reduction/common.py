@@ -98,6 +98,20 @@ def square_grid(n_tokens: int, grid_hw: Optional[tuple[int, int]], who: str) -> 
     return side, side
 
 
+def row_sums(x: torch.Tensor, group: torch.Tensor, n_groups: int) -> torch.Tensor:
+    """Sum the rows of x by group, in float32.  x (B, N, D), group (B, N) long in [0, n_groups)
+    -> (B, n_groups, D): sums[b, g] = the sum of x[b, t] over the t with group[b, t] == g.
+
+    One ``index_add_`` over the B * N rows.  On a CPU it adds in increasing t, as a ``scatter_add_``
+    along N with an expanded (B, N, D) index does, so the bits are the same (tested); it is ~5x
+    faster there (24 vs 120-180 us for 576 x 128 rows)."""
+    B, N, D = x.shape
+    flat = group if B == 1 else group + torch.arange(B, device=group.device).unsqueeze(1) * n_groups
+    sums = torch.zeros(B * n_groups, D, dtype=torch.float32, device=x.device)
+    sums.index_add_(0, flat.reshape(-1), x.float().reshape(B * N, D))
+    return sums.view(B, n_groups, D)
+
+
 def group_sums(x: torch.Tensor, source: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-group sums and member counts in float32 (entries with source -1 are left out).
 
@@ -105,8 +119,7 @@ def group_sums(x: torch.Tensor, source: torch.Tensor, n: int) -> tuple[torch.Ten
     """
     B, N, D = x.shape
     group = torch.where(source >= 0, source, torch.full_like(source, n))  # (B, N), dropped -> n
-    sums = torch.zeros(B, n + 1, D, dtype=torch.float32, device=x.device)
-    sums.scatter_add_(1, group.unsqueeze(-1).expand(B, N, D), x.float())
+    sums = row_sums(x, group, n + 1)
     counts = torch.zeros(B, n + 1, dtype=torch.float32, device=x.device)
     counts.scatter_add_(1, group, torch.ones(B, N, dtype=torch.float32, device=x.device))
     return sums[:, :n], counts[:, :n]

@@ -9,7 +9,7 @@ from typing import Optional
 
 import torch
 
-from .common import gather_rows
+from .common import gather_rows, row_sums
 from .config import POSITION_REPS
 from .types import EXTRA_POSITION, PATCH, ReductionResult
 
@@ -104,7 +104,7 @@ def build_result(
     extra (B, n) long: per group, the vision tower's sequence index of a non-patch token
       (CLS_INDEX), PATCH otherwise; such groups have no members and need ``features``.
     """
-    B, N, D = feats.shape
+    B, N, _ = feats.shape
     dev = source.device
     is_extra = None if extra is None else extra != PATCH  # (B, n)
     if is_extra is not None and features is None and bool(is_extra.any()):
@@ -128,8 +128,7 @@ def build_result(
     new_sizes = sizes.gather(1, order)
     if features is None:
         new_group = torch.where(new_source >= 0, new_source, torch.full_like(new_source, n))
-        sums = torch.zeros(B, n + 1, D, dtype=torch.float32, device=feats.device)
-        sums.scatter_add_(1, new_group.unsqueeze(-1).expand(B, N, D), feats.float())
+        sums = row_sums(feats, new_group, n + 1)  # (B, n + 1, D) float32, the dropped in the last
         out_feats = (sums[:, :n] / new_sizes.unsqueeze(-1)).to(feats.dtype)
     else:
         if tuple(features.shape[:2]) != (B, n):

@@ -27,7 +27,7 @@ from typing import Optional
 
 import torch
 
-from .common import gather_rows, topk_desc
+from .common import gather_rows, row_sums, topk_desc
 from .config import SPARSEVLM_CLAMPS
 from .inllm import Decision, DropEvent, InLLMPolicy, Schedule, topk_mask
 from .registry import register_reducer
@@ -130,8 +130,7 @@ def dpc_knn_clusters(x: torch.Tensor, n_clusters: int) -> tuple[torch.Tensor, to
 def cluster_means(x: torch.Tensor, assign: torch.Tensor, n_clusters: int) -> torch.Tensor:
     """x (B, m, C), assign (B, m) -> (B, c, C): sum / (count + 1e-6) per cluster, in x's dtype."""
     B, m, C = x.shape
-    sums = torch.zeros(B, n_clusters, C, dtype=torch.float32, device=x.device)
-    sums.scatter_add_(1, assign[:, :, None].expand(-1, -1, C), x.float())
+    sums = row_sums(x, assign, n_clusters)  # (B, c, C) float32
     counts = torch.zeros(B, n_clusters, dtype=torch.float32, device=x.device)
     counts.scatter_add_(1, assign, torch.ones(B, m, device=x.device))
     return (sums / (counts[:, :, None] + RECYCLE_EPS)).to(x.dtype)

@@ -37,17 +37,17 @@ class _BScorer:
         self.offset = None if B == 1 else torch.arange(B, device=sim.device).unsqueeze(1) * N  # (B, 1)
         self.on_b = torch.empty(B, 1, N, dtype=sim.dtype, device=sim.device)
 
-    def __call__(self, a_idx: torch.Tensor, b_idx: torch.Tensor) -> torch.Tensor:
-        """a_idx (B, n_a), b_idx (B, n_b) token indices -> (B, n_a)."""
+    def __call__(self, a_idx: torch.Tensor, b_idx: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """a_idx (B, n_a), b_idx (B, n_b) token indices -> (B, n_a), written into ``out`` when given."""
         B, N = self.B, self.N
         n_a, n_b = a_idx.shape[1], b_idx.shape[1]
         if n_b * BLOCK_FRACTION > N:
             rows = a_idx.reshape(-1) if self.offset is None else (a_idx + self.offset).view(-1)
             block = self.rows.index_select(0, rows).view(B, n_a, N)  # (B, n_a, N)
             on_b = self.on_b.fill_(OUTSIDE_B).scatter_(2, b_idx.unsqueeze(1), 0.0)  # (B, 1, N): 0 on B's columns
-            return block.add_(on_b).amax(dim=-1)
+            return torch.amax(block.add_(on_b), dim=-1, out=out)
         pair = torch.add(b_idx.unsqueeze(1), a_idx.unsqueeze(2), alpha=N).view(B, n_a * n_b)  # flat [a, b]
-        return self.flat.gather(1, pair).view(B, n_a, n_b).amax(dim=-1)
+        return torch.amax(self.flat.gather(1, pair).view(B, n_a, n_b), dim=-1, out=out)
 
 
 def vispruner_select(
@@ -73,6 +73,10 @@ def vispruner_select(
     # the loop's shapes depend on N, k and drop_per_step only: no host sync, no data-dependent size;
     # few tensor calls per round (on a CPU their dispatch cost is most of a late round's time)
     R = residual.shape[1]
+    # sort keys over the residual's positions: A's scores at the even ones, -inf at the odd ones (B),
+    # never overwritten; one stable descending sort then lists A by score (ties -> A's order) and
+    # then B in its order, which is exactly [A by argsort_desc(scores), B]
+    keys = torch.full((B, R), float("-inf"), dtype=torch.float32, device=x.device)
     while R > n_div:
         a_idx, b_idx = residual[:, 0::2], residual[:, 1::2]  # (B, ceil(R/2)), (B, floor(R/2))
         n_a, n_b = (R + 1) // 2, R // 2
@@ -80,9 +84,9 @@ def vispruner_select(
         if r == n_a:  # every A token goes; no need to score
             residual, R = b_idx, n_b
             continue
-        scores = max_to_b(a_idx, b_idx)  # (B, |A|): max cosine to B, exact
-        survivors = argsort_desc(scores)[:, r:]  # (B, |A| - r)
-        residual, R = torch.cat([a_idx.gather(1, survivors), b_idx], dim=1), R - r
+        max_to_b(a_idx, b_idx, out=keys[:, 0:R:2])  # (B, |A|): max cosine to B, exact
+        order = torch.sort(keys[:, :R], dim=1, descending=True, stable=True).indices  # (B, R)
+        residual, R = residual.gather(1, order[:, r:]), R - r  # the r best-scoring A tokens go
     return torch.cat([important, residual], dim=1)
 
 
