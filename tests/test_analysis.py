@@ -175,6 +175,10 @@ def test_paired_ratios_cancel_a_slow_phase():
     assert r["restore_over_plain_paired"] == pytest.approx(1.10) and r["restore_over_plain_q1"] == pytest.approx(1.10)
     (v,) = reduction_vs_first(rows)
     assert (v["method"], v["reference"]) == ("vispruner", "divprune") and v["paired"] == pytest.approx(3.0)
+    rows[1].update(select_ms_all=[1.0, 1.0, 2.0, 2.0, 2.0], select_ms=2.0)  # the selections alone: 2.5x
+    rows[3].update(select_ms_all=[2.5, 2.5, 5.0, 5.0, 5.0], select_ms=5.0)
+    (s,) = reduction_vs_first(rows, "select")
+    assert s["paired"] == pytest.approx(2.5) and s["ratio_of_medians"] == pytest.approx(2.5)
 
 
 def test_efficiency_on_random_weights_of_a_shape(monkeypatch, tmp_path):

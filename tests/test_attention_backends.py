@@ -150,3 +150,12 @@ def test_offset_table_width_covers_the_span_and_is_shared():
     assert t is offset_table(offset_half_width(120), 10000.0, 32, 2.0, torch.device("cpu"))  # memoised, shared
     d = torch.arange(-128, 129, dtype=torch.float64)
     assert torch.equal(t[:-1], distance_bias(d, 10000.0, 32, 2.0).float()) and t[-1] == float("-inf")
+
+
+def test_flex_refuses_fractional_positions_with_the_option_to_change():
+    ctx = _ctx(1, 40, 40, "flex", pad_left=(0,))
+    ctx.key_pos[:, 7] += 0.5
+    ctx.query_pos = ctx.key_pos
+    q = k = v = torch.randn(1, 2, 40, 32)
+    with pytest.raises(ValueError, match="position_rep=mean"):
+        attention(q, k, v, ctx, 1)

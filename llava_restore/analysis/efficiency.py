@@ -16,8 +16,10 @@ For the full model and each method x n_vis x RESTORE off/on, on the same batch:
 - peak memory of one prefill above what was allocated before it (CUDA: max_memory_allocated;
   CPU: the allocation peak replayed from the profiler's memory events), and the KV-cache bytes
   (measured on the returned cache, and the formula);
-- the reduction's own time (``reduce_visual_tokens`` on precomputed features) and, with
-  RESTORE, Stage-B anchor selection alone (``anchor_merge`` on the pruned tokens);
+- the reduction's own time (``reduce_visual_tokens`` on precomputed features), the plain
+  method's selection alone (its ``select``, without the shared bookkeeping) and, with RESTORE,
+  Stage-B anchor selection alone (``anchor_merge`` on the pruned tokens); each method's time over
+  the first method's, paired;
 - in-LLM methods (``fastv``, ``pdrop``; without RESTORE only): their ranking runs inside the
   timed prefill; FLOPs and KV bytes are summed per layer at each layer's own length (the layers
   before a drop at full length) plus the ranking's cost, and the report gives ``n_vis`` as the
@@ -189,8 +191,18 @@ def measure(model, ids, mask, pixels, variants: list[Variant], repeats: int, war
                 y = gather_rows(proj, sel.dropped)  # (B, M, D)
                 anchor_jobs[v.name] = (y, v.cfg.n_vis - n_keep, v.cfg.anchor_rule, sel.dropped)
 
+        sel_jobs = {}  # plain methods with a Stage-A selection of their own, on these inputs: the selection alone
+        for v in variants:
+            reducer = None if v.cfg is None or is_in_llm(v.cfg.method) else get_reducer(v.cfg.method)
+            if (reducer is not None and not v.cfg.merge and type(reducer).select is not Reducer.select
+                    and set(reducer.needs(v.cfg)) <= {"cls_attn", "vis_feats"}):
+                inp = ReductionInputs(feats=proj, cfg=v.cfg, seed=v.cfg.seed, vis_feats=vis, cls_attn=cls,
+                                      grid_hw=tower.grid_hw)
+                sel_jobs[v.name] = (reducer, inp, v.cfg.n_vis)
+
         times = {v.name: [] for v in variants}
         red_times = {v.name: [] for v in variants if v.name in red_inputs}
+        sel_times = {k: [] for k in sel_jobs}
         anc_times = {k: [] for k in anchor_jobs}
         for r in range(warmup + repeats):
             k = r % len(variants)
@@ -201,10 +213,15 @@ def measure(model, ids, mask, pixels, variants: list[Variant], repeats: int, war
                 if v.name in anchor_jobs:
                     y, n_m, rule, idx = anchor_jobs[v.name]
                     at = timed(lambda: anchor_merge(y, n_m, rule, seed=v.cfg.seed, token_index=idx), device, clock)
+                if v.name in sel_jobs:
+                    reducer, inp, n_sel = sel_jobs[v.name]
+                    st = timed(lambda: reducer.select(inp, n_sel), device, clock)
                 if r >= warmup:
                     times[v.name].append(dt)
                     if v.name in red_times:
                         red_times[v.name].append(rt)
+                    if v.name in sel_times:
+                        sel_times[v.name].append(st)
                     if v.name in anchor_jobs:
                         anc_times[v.name].append(at)
 
@@ -244,6 +261,8 @@ def measure(model, ids, mask, pixels, variants: list[Variant], repeats: int, war
                 "reduce_ms": statistics.median(red_times[v.name]) if v.name in red_times else 0.0,
                 "reduce_ms_all": red_times.get(v.name, []),
                 "anchor_ms": statistics.median(anc_times[v.name]) if v.name in anc_times else 0.0,
+                "select_ms": statistics.median(sel_times[v.name]) if v.name in sel_times else 0.0,
+                "select_ms_all": sel_times.get(v.name, []),
             })
     full = rows[0]
     for row in rows:
@@ -297,17 +316,18 @@ def restore_vs_plain(rows: list[dict]) -> list[dict]:
     return out
 
 
-def reduction_vs_first(rows: list[dict]) -> list[dict]:
-    """Per n: each plain pre-LLM method's reduction time over the first method's (default DivPrune),
-    the median of the per-repeat ratios."""
-    plain = [r for r in rows if r["method"] != "full" and not r["restore"] and r["reduce_ms_all"]]
+def reduction_vs_first(rows: list[dict], key: str = "reduce") -> list[dict]:
+    """Per n: each plain pre-LLM method's time over the first method's (default DivPrune), the median
+    of the per-repeat ratios.  key 'reduce': ``reduce_visual_tokens`` (the selection and the shared
+    bookkeeping); 'select': the method's selection alone."""
+    plain = [r for r in rows if r["method"] != "full" and not r["restore"] and r.get(f"{key}_ms_all")]
     out = []
     for r in plain:
         ref = next(p for p in plain if p["n_vis"] == r["n_vis"])
         if ref is not r:
-            med, q1, q3 = paired(r["reduce_ms_all"], ref["reduce_ms_all"])
+            med, q1, q3 = paired(r[f"{key}_ms_all"], ref[f"{key}_ms_all"])
             out.append({"method": r["method"], "reference": ref["method"], "n_vis": r["n_vis"],
-                        "ratio_of_medians": r["reduce_ms"] / ref["reduce_ms"], "paired": med, "q1": q1, "q3": q3})
+                        "ratio_of_medians": r[f"{key}_ms"] / ref[f"{key}_ms"], "paired": med, "q1": q1, "q3": q3})
     return out
 
 
@@ -379,7 +399,8 @@ def main(argv=None) -> dict:
             "threads": torch.get_num_threads(), "batch_size": args.batch_size, "repeats": args.repeats,
             "warmup": args.warmup, "clock": args.clock, "formula": "llava_restore/analysis/flops.py (docs/ablations.md)"}
     result = {"meta": meta, "rows": rows, "restore_vs_plain": restore_vs_plain(rows),
-              "reduction_vs_first": reduction_vs_first(rows)}
+              "reduction_vs_first": reduction_vs_first(rows),
+              "selection_vs_first": reduction_vs_first(rows, "select")}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "efficiency.json").write_text(json.dumps(result, indent=1), encoding="utf-8")
@@ -393,11 +414,12 @@ def main(argv=None) -> dict:
         md.append(f"| {r['method']} | {r['n_vis']} | {r['plain_speedup']:.2f}x | {r['restore_speedup']:.2f}x | "
                   f"{r['restore_over_plain_time']:.3f} | {r['restore_over_plain_paired']:.3f} "
                   f"[{r['restore_over_plain_q1']:.3f}, {r['restore_over_plain_q3']:.3f}] |")
-    if result["reduction_vs_first"]:
-        md += ["", "| method | n | reduction time / the first method's (ratio of medians) | paired median [quartiles] |",
-               "|---|---|---|---|"]
-        md += [f"| {r['method']} / {r['reference']} | {r['n_vis']} | {r['ratio_of_medians']:.2f} | {r['paired']:.2f} "
-               f"[{r['q1']:.2f}, {r['q3']:.2f}] |" for r in result["reduction_vs_first"]]
+    for key, what in (("reduction_vs_first", "reduction time"), ("selection_vs_first", "selection time")):
+        if result[key]:
+            md += ["", f"| method | n | {what} / the first method's (ratio of medians) | paired median [quartiles] |",
+                   "|---|---|---|---|"]
+            md += [f"| {r['method']} / {r['reference']} | {r['n_vis']} | {r['ratio_of_medians']:.2f} | {r['paired']:.2f} "
+                   f"[{r['q1']:.2f}, {r['q3']:.2f}] |" for r in result[key]]
     staged = [r for r in rows if r["visual_per_layer"] is not None]
     if staged:  # in-LLM methods: n_vis is the layer average of these counts (per image)
         md += ["", "| config | n_vis (layer average) | visual tokens per layer |", "|---|---|---|"]

@@ -131,11 +131,11 @@ class AttnContext:
             self._dense["dist"] = bias
         return self._dense["dist"]
 
-    def _integer_offsets(self) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """(table, offset) when every 1-D position is an integer, else None.  table: ``offset_table``
-        (float32, log(c - D(d)) for d = -half..half, then -inf); offset (B, Lq, Lk) int32: the index of
-        p_i - p_j in it.  One host read: the position range and the count of fractional positions.
-        In prefill (Lq == Lk) the queries are the keys, so only the key positions are read."""
+    def _integer_positions(self) -> tuple[torch.Tensor, torch.Tensor, int] | None:
+        """(qi (B, Lq) int32, ki (B, Lk) int32, half) when every 1-D position is an integer, else None;
+        half = ``offset_half_width`` of the largest |p_i - p_j|.  One host read: the position range and
+        the count of fractional positions.  In prefill (Lq == Lk) the queries are the keys, so only the
+        key positions are read."""
         kp = self.key_pos
         ki = kp.int()  # (B, Lk)
         if self.q_len == self.k_len:
@@ -149,10 +149,17 @@ class AttnContext:
         q_lo, q_hi, n_frac = (k_lo, k_hi, rest[0]) if self.q_len == self.k_len else rest
         if n_frac:
             return None
-        half = offset_half_width(max(q_hi - k_lo, k_hi - q_lo))
-        table = offset_table(half, self.rope_theta, self.head_dim, self.c, kp.device)
-        offset = (qi + half)[:, :, None] - ki[:, None, :]  # (B, Lq, Lk) int32 in [0, 2 half]
-        return table, offset
+        return qi, ki, offset_half_width(max(q_hi - k_lo, k_hi - q_lo))
+
+    def _integer_offsets(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(table, offset) for integer positions, else None.  table: ``offset_table`` (float32,
+        log(c - D(d)) for d = -half..half, then -inf); offset (B, Lq, Lk) int32: the index of p_i - p_j."""
+        ints = self._integer_positions()
+        if ints is None:
+            return None
+        qi, ki, half = ints
+        table = offset_table(half, self.rope_theta, self.head_dim, self.c, ki.device)
+        return table, (qi + half)[:, :, None] - ki[:, None, :]  # offset in [0, 2 half]
 
     @property
     def all_keys_valid(self) -> bool:
@@ -285,14 +292,13 @@ def _flex_parts(ctx: AttnContext, layer_idx: int):
         if ctx.distance and ctx.mrope_section is not None:  # M-RoPE: the dense (B, Lq, Lk) term, read by index
             ctx._flex["mrope_dist"] = ctx.distance_bias()
         elif ctx.distance:
-            qp, kp = ctx.query_pos, ctx.key_pos
-            if not (torch.all(qp == qp.round()) and torch.all(kp == kp.round())):
+            ints = ctx._integer_positions()
+            if ints is None:
                 raise ValueError("attn_backend=flex needs integer positions; position_rep=mean gives "
                                  "fractional ones: use attn_backend=sdpa or eager")
-            lo = int(qp.min() - kp.max())
-            hi = int(qp.max() - kp.min())
-            table = distance_table(lo, hi, ctx.rope_theta, ctx.head_dim, ctx.c, qp.device)
-            ctx._flex["dist"] = (table, qp.long() - lo, kp.long())
+            qi, ki, half = ints  # a power-of-two table: fewer distinct shapes for the compiled kernel
+            table = offset_table(half, ctx.rope_theta, ctx.head_dim, ctx.c, qi.device)
+            ctx._flex["dist"] = (table, qi.long() + half, ki.long())
             ctx._flex["dkeys"] = None if ctx.distance_keys is None else ctx.distance_keys.float()
     return ctx._flex["mask"]
 

@@ -145,22 +145,26 @@ def main(argv=None) -> str:
                 md.append(f"| RESTORE / plain prefill, {r['method']} at 64 | {v:.3f} | {pm:.3f}{q} | <= {bound} | "
                           f"{_ok(both(r) <= bound)} |")
         bound = CPU_TARGETS["vispruner_over_divprune_selection"]
-        for r in (eff.get("reduction_vs_first", []) if eff else []):
-            if (r["method"], r["reference"], r["n_vis"]) == ("vispruner", "divprune", 64):
-                vp, dp = rows["vispruner-n64"], rows["divprune-n64"]
-                md.append(f"| VisPruner / DivPrune reduction time at 64 ({vp['reduce_ms']:.2f} / {dp['reduce_ms']:.2f} ms)"
-                          f" | {r['ratio_of_medians']:.3f} | {r['paired']:.3f} [{r['q1']:.3f}, {r['q3']:.3f}] | <= {bound} | "
-                          f"{_ok(max(r['ratio_of_medians'], r['paired']) <= bound)} |")
+        # the target is on the selections themselves; the reduction (selection + shared bookkeeping) is context
+        for key, what, ms in (("selection_vs_first", "selection", "select_ms"), ("reduction_vs_first", "reduction", "reduce_ms")):
+            for r in (eff.get(key, []) if eff else []):
+                if (r["method"], r["reference"], r["n_vis"]) == ("vispruner", "divprune", 64):
+                    vp, dp = rows["vispruner-n64"], rows["divprune-n64"]
+                    verdict = _ok(max(r["ratio_of_medians"], r["paired"]) <= bound) if key == "selection_vs_first" else "(context)"
+                    md.append(f"| VisPruner / DivPrune {what} time at 64 ({vp[ms]:.2f} / {dp[ms]:.2f} ms)"
+                              f" | {r['ratio_of_medians']:.3f} | {r['paired']:.3f} [{r['q1']:.3f}, {r['q3']:.3f}] | "
+                              f"{'<= ' + str(bound) if key == 'selection_vs_first' else ''} | {verdict} |")
 
     # ---------------------------------------------------------------- tables
     md += ["", "## Prefill: full vs pruning, RESTORE off/on, next to the FLOP limit", ""]
     md += [(out / "efficiency" / "efficiency.md").read_text(encoding="utf-8").split("\n", 2)[2]
            if (out / "efficiency" / "efficiency.md").is_file() else "(efficiency run missing)"]
     md += ["## Reduction and Stage-B anchor selection (on precomputed features; medians, ms)", "",
-           "| config | reduce ms | anchor ms | anchor FLOPs % |", "|---|---|---|---|"]
+           "| config | reduce ms | selection ms (plain) | anchor ms | anchor FLOPs % |", "|---|---|---|---|---|"]
     for r in (eff["rows"] if eff else []):
         if r["method"] != "full":
-            md.append(f"| {r['name']} | {r['reduce_ms']:.3f} | {r['anchor_ms']:.3f} | {100 * r['anchor_flops_share']:.3f} |")
+            md.append(f"| {r['name']} | {r['reduce_ms']:.3f} | {r.get('select_ms', 0.0):.3f} | {r['anchor_ms']:.3f} | "
+                      f"{100 * r['anchor_flops_share']:.3f} |")
     md += ["", "## Attention (scripts/bench/attention.py)", ""] + att_lines
     md += ["## Throughput (scripts/bench/throughput.py)", ""]
     if thr:
