@@ -132,12 +132,24 @@ def test_dense_bias_is_the_definition_bit_for_bit(Lq, Lk, pad, fractional, size,
         ctx.key_pos[:, 10:] += gap - 40
         if fractional:
             ctx.key_pos[:, 7] += 0.5
-        ctx.query_pos = ctx.key_pos[:, Lk - Lq:]
+        ctx.query_pos = ctx.key_pos if Lq == Lk else ctx.key_pos[:, Lk - Lq:]  # a prefill's: the same tensor
         for layer in (0, 1):
             got = ctx.dense_bias(layer, torch.float32)[:, 0]  # (B, Lq, Lk)
             assert torch.equal(got, _bias_by_definition(ctx, layer)), (gap, layer)
             if dist:  # the keys' positions one off: the table must be read at the right offset
                 assert not torch.equal(got, _bias_by_definition(ctx, layer, key_shift=1.0))
+
+
+def test_dense_bias_reads_the_query_positions_when_they_are_another_tensor():
+    """As many queries as keys but their own positions (not the keys' tensor): the bias must read them,
+    not assume a prefill's.  With the keys' positions in their place the bias would differ."""
+    ctx = _ctx(1, 24, 24, "sdpa", size=True, dist=True, scope_visual=False, pad_left=(0,))
+    ctx.query_pos = ctx.key_pos + 3.0  # queries 3 positions later than their keys
+    got = ctx.dense_bias(0, torch.float32)[:, 0]
+    assert torch.equal(got, _bias_by_definition(ctx, 0))
+    same = _ctx(1, 24, 24, "sdpa", size=True, dist=True, scope_visual=False, pad_left=(0,))
+    same.query_pos = same.key_pos
+    assert not torch.equal(got, same.dense_bias(0, torch.float32)[:, 0])
 
 
 def test_offset_table_width_covers_the_span_and_is_shared():

@@ -134,11 +134,12 @@ class AttnContext:
     def _integer_positions(self) -> tuple[torch.Tensor, torch.Tensor, int] | None:
         """(qi (B, Lq) int32, ki (B, Lk) int32, half) when every 1-D position is an integer, else None;
         half = ``offset_half_width`` of the largest |p_i - p_j|.  One host read: the position range and
-        the count of fractional positions.  In prefill (Lq == Lk) the queries are the keys, so only the
-        key positions are read."""
+        the count of fractional positions.  In prefill the query positions are the key positions (the
+        same tensor), so only they are read."""
         kp = self.key_pos
         ki = kp.int()  # (B, Lk)
-        if self.q_len == self.k_len:
+        same = self.query_pos is self.key_pos
+        if same:
             qi = ki
             stats = torch.stack([*torch.aminmax(ki), (ki != kp).sum(dtype=torch.int32)])
         else:
@@ -146,7 +147,7 @@ class AttnContext:
             stats = torch.stack([*torch.aminmax(ki), *torch.aminmax(qi),
                                  (ki != kp).sum(dtype=torch.int32) + (qi != self.query_pos).sum(dtype=torch.int32)])
         k_lo, k_hi, *rest = stats.tolist()
-        q_lo, q_hi, n_frac = (k_lo, k_hi, rest[0]) if self.q_len == self.k_len else rest
+        q_lo, q_hi, n_frac = (k_lo, k_hi, rest[0]) if same else rest
         if n_frac:
             return None
         return qi, ki, offset_half_width(max(q_hi - k_lo, k_hi - q_lo))
