@@ -215,3 +215,16 @@ def test_efficiency_on_random_weights_of_a_shape(monkeypatch, tmp_path):
     assert [r["method"] for r in out["restore_vs_plain"]] == ["divprune", "vispruner", "holov"]
     assert out["meta"]["dtype"] == "bfloat16" and "tiny-test" in out["meta"]["model"]
     assert (tmp_path / "efficiency.md").read_text().startswith("# Prefill efficiency: random weights, shape tiny-test")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--methods", "nosuch"], "unknown reduction method 'nosuch'; known:"),
+    (["--n-vis", "6a"], "--n-vis '6a': expected comma-separated token counts"),
+    (["--reduction-opts", "nosuch=1"], "Key 'nosuch' not in 'ReductionConfig'"),
+])
+def test_efficiency_bad_arguments_fail_in_one_line(argv, message):
+    from llava_restore.analysis import efficiency
+
+    with pytest.raises(SystemExit) as err:
+        efficiency.main(["--shape", "llava-7b", *argv])  # rejected before any model is built
+    assert message in str(err.value)

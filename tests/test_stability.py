@@ -92,8 +92,24 @@ def test_cli_report_and_resolved_configs(tiny_liuhaotian, tmp_path):
     (["--methods", "fastv"], "fastv: not a pre-LLM method; known:"),
     (["--methods", "nosuch"], "nosuch: not a pre-LLM method; known:"),
     (["--eps", "-1"], "need --eps >= 0"),
+    (["--n-vis", "64,abc"], "--n-vis '64,abc': expected comma-separated token counts"),
+    (["--reduction-opts", "nosuch=1"], "Key 'nosuch' not in 'ReductionConfig'"),
+    (["--reduction-opts", "split_ratio=7"], "split_ratio=7.0 must be in [0, 1]"),
 ])
 def test_cli_bad_arguments_fail_in_one_line(argv, message, capsys):
     with pytest.raises(SystemExit) as err:
         stability.main(["--model-path", "unused", "--question-file", "q", "--image-folder", "i", *argv])
     assert message in str(err.value)
+
+
+def test_cli_input_errors_name_the_file_or_value(tiny_liuhaotian, tmp_path, capsys):
+    from llava_restore.eval.generate import cli_entry
+
+    files = _question_file(tmp_path)
+    for argv, message in [(["--question-file", str(tmp_path / "none.jsonl"), "--image-folder", "x"],
+                           "question file not found"),
+                          ([*files, "--n-vis", "700"], "n_vis=700 must be in 1..N=576")]:
+        with pytest.raises(SystemExit) as err:
+            cli_entry(stability.main, ["--model-path", tiny_liuhaotian, *argv, "--methods", "divprune",
+                                       "--samples", "2", "--out", str(tmp_path / "o")])
+        assert err.value.code == 1 and message in capsys.readouterr().err

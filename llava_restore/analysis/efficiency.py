@@ -38,8 +38,10 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import torch
+from omegaconf.errors import OmegaConfBaseException
 
 from llava_restore.constants import IMAGE_TOKEN_INDEX
+from llava_restore.eval.generate import cli_entry
 from llava_restore.model.llama import KVCache
 from llava_restore.reduction import anchor_merge, get_reducer, reduce_visual_tokens
 from llava_restore.reduction.base import Reducer, ReductionInputs
@@ -370,8 +372,14 @@ def main(argv=None) -> dict:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = getattr(torch, args.dtype or ("float16" if device.type == "cuda" else "float32"))
     restore = {"both": [False, True], "on": [True], "off": [False]}[args.restore]
-    variants = make_variants([m for m in args.methods.split(",") if m], [int(n) for n in args.n_vis.split(",") if n],
-                             restore, args.reduction_opts)
+    n_vis = [n for n in args.n_vis.split(",") if n]
+    if not n_vis or not all(n.isdigit() for n in n_vis):
+        raise SystemExit(f"error: --n-vis {args.n_vis!r}: expected comma-separated token counts, e.g. 64,128")
+    try:
+        variants = make_variants([m for m in args.methods.split(",") if m], [int(n) for n in n_vis], restore,
+                                 args.reduction_opts)
+    except (ValueError, OmegaConfBaseException) as err:  # an unknown method, option or value: one line
+        raise SystemExit(f"error: {str(err).splitlines()[0]}") from None
     if args.shape:
         from .random_model import build_random_llava  # noqa: PLC0415
 
@@ -432,4 +440,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    cli_entry(main)  # a missing file or image, or an n_vis above N: one "error: ..." line

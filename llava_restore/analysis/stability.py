@@ -27,7 +27,9 @@ from pathlib import Path
 from typing import Optional
 
 import torch
+from omegaconf.errors import OmegaConfBaseException
 
+from llava_restore.eval.generate import cli_entry
 from llava_restore.reduction import known_reducers, reduce_visual_tokens
 from llava_restore.reduction.config import ReductionConfig
 
@@ -114,11 +116,14 @@ def main(argv=None) -> Optional[dict]:
     if args.threads:
         torch.set_num_threads(args.threads)
     restore = {"both": [False, True], "on": [True], "off": [False]}[args.restore]
+    n_vis = [n for n in args.n_vis.split(",") if n]
+    if not n_vis or not all(n.isdigit() for n in n_vis):
+        raise SystemExit(f"error: --n-vis {args.n_vis!r}: expected comma-separated token counts, e.g. 64,128")
     try:
-        variants = make_variants(methods, [int(n) for n in args.n_vis.split(",") if n], restore,
+        variants = make_variants(methods, [int(n) for n in n_vis], restore,
                                  args.reduction_opts)[1:]  # [0] is the full-token reference
-    except ValueError as err:
-        raise SystemExit(f"error: {err}") from None
+    except (ValueError, OmegaConfBaseException) as err:  # a bad option or value: one line
+        raise SystemExit(f"error: --reduction-opts / --n-vis: {str(err).splitlines()[0]}") from None
     from llava_restore.model.builder import load_pretrained_model  # noqa: PLC0415
 
     from .attention import load_batches  # noqa: PLC0415
@@ -165,4 +170,4 @@ def main(argv=None) -> Optional[dict]:
 
 
 if __name__ == "__main__":
-    main()
+    cli_entry(main)  # a missing file or image, or an n_vis above N: one "error: ..." line
