@@ -24,8 +24,6 @@ import argparse
 import json
 from dataclasses import asdict
 from pathlib import Path
-from typing import Optional
-
 import torch
 from omegaconf.errors import OmegaConfBaseException
 
@@ -102,7 +100,7 @@ def parse_args(argv=None):
     return ap.parse_args(argv)
 
 
-def main(argv=None) -> Optional[dict]:
+def main(argv=None) -> dict:
     args = parse_args(argv)
     if args.eps < 0 or args.trials < 1 or args.samples < 1 or args.batch_size < 1:
         raise SystemExit(f"error: need --eps >= 0, --trials >= 1, --samples >= 1 and --batch-size >= 1 "
@@ -138,7 +136,8 @@ def main(argv=None) -> Optional[dict]:
                 args.samples, args.batch_size, device)):
             for v in variants:
                 feats, inputs = model.encode_for_reduction(pixels, v.cfg)
-                c = stability_counts(feats, inputs, v.cfg, args.eps, args.trials, args.seed + 1000 * b)
+                seed = args.seed + b * args.trials  # trial t of batch b draws from its own seed
+                c = stability_counts(feats, inputs, v.cfg, args.eps, args.trials, seed)
                 t = totals[v.name]
                 totals[v.name] = c if t is None else {
                     k: (t[k] and c[k]) if k == "repeat_identical" else t[k] + c[k] for k in t}
