@@ -75,6 +75,18 @@ def make_variants(methods: list[str], n_vis: list[int], restore: list[bool], opt
     return out
 
 
+def variants_from_cli(methods: str, n_vis: str, restore: list[bool], opts: list[str]) -> list[Variant]:
+    """``make_variants`` from the CLI's comma-separated --methods and --n-vis; an unknown method,
+    option or value stops with one ``error:`` line (SystemExit), no traceback."""
+    counts = [n for n in n_vis.split(",") if n]
+    if not counts or not all(n.isdigit() for n in counts):
+        raise SystemExit(f"error: --n-vis {n_vis!r}: expected comma-separated token counts, e.g. 64,128")
+    try:
+        return make_variants([m for m in methods.split(",") if m], [int(n) for n in counts], restore, opts)
+    except (ValueError, OmegaConfBaseException) as err:
+        raise SystemExit(f"error: {str(err).splitlines()[0]}") from None
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -372,14 +384,7 @@ def main(argv=None) -> dict:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = getattr(torch, args.dtype or ("float16" if device.type == "cuda" else "float32"))
     restore = {"both": [False, True], "on": [True], "off": [False]}[args.restore]
-    n_vis = [n for n in args.n_vis.split(",") if n]
-    if not n_vis or not all(n.isdigit() for n in n_vis):
-        raise SystemExit(f"error: --n-vis {args.n_vis!r}: expected comma-separated token counts, e.g. 64,128")
-    try:
-        variants = make_variants([m for m in args.methods.split(",") if m], [int(n) for n in n_vis], restore,
-                                 args.reduction_opts)
-    except (ValueError, OmegaConfBaseException) as err:  # an unknown method, option or value: one line
-        raise SystemExit(f"error: {str(err).splitlines()[0]}") from None
+    variants = variants_from_cli(args.methods, args.n_vis, restore, args.reduction_opts)
     if args.shape:
         from .random_model import build_random_llava  # noqa: PLC0415
 

@@ -24,14 +24,14 @@ import argparse
 import json
 from dataclasses import asdict
 from pathlib import Path
+
 import torch
-from omegaconf.errors import OmegaConfBaseException
 
 from llava_restore.eval.generate import cli_entry
-from llava_restore.reduction import known_reducers, reduce_visual_tokens
+from llava_restore.reduction import known_reducers, needed_inputs, reduce_visual_tokens
 from llava_restore.reduction.config import ReductionConfig
 
-from .efficiency import make_variants
+from .efficiency import variants_from_cli
 
 PERTURBED = ("vis_feats", "cls_attn", "attn_keys", "vis_cls")  # the float inputs besides the projected features
 
@@ -114,14 +114,7 @@ def main(argv=None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     restore = {"both": [False, True], "on": [True], "off": [False]}[args.restore]
-    n_vis = [n for n in args.n_vis.split(",") if n]
-    if not n_vis or not all(n.isdigit() for n in n_vis):
-        raise SystemExit(f"error: --n-vis {args.n_vis!r}: expected comma-separated token counts, e.g. 64,128")
-    try:
-        variants = make_variants(methods, [int(n) for n in n_vis], restore,
-                                 args.reduction_opts)[1:]  # [0] is the full-token reference
-    except (ValueError, OmegaConfBaseException) as err:  # a bad option or value: one line
-        raise SystemExit(f"error: --reduction-opts / --n-vis: {str(err).splitlines()[0]}") from None
+    variants = variants_from_cli(",".join(methods), args.n_vis, restore, args.reduction_opts)[1:]  # [0]: full tokens
     from llava_restore.model.builder import load_pretrained_model  # noqa: PLC0415
 
     from .attention import load_batches  # noqa: PLC0415
@@ -134,8 +127,12 @@ def main(argv=None) -> dict:
         for b, (ids, mask, pixels, *_) in enumerate(load_batches(
                 args.question_file, args.image_folder, tok, proc, model.config.image_aspect_ratio, args.conv_mode,
                 args.samples, args.batch_size, device)):
+            encoded = {}  # one tower pass per batch for each set of inputs the configurations need
             for v in variants:
-                feats, inputs = model.encode_for_reduction(pixels, v.cfg)
+                need = needed_inputs(v.cfg)
+                if need not in encoded:
+                    encoded[need] = model.encode_for_reduction(pixels, v.cfg)
+                feats, inputs = encoded[need]
                 seed = args.seed + b * args.trials  # trial t of batch b draws from its own seed
                 c = stability_counts(feats, inputs, v.cfg, args.eps, args.trials, seed)
                 t = totals[v.name]
